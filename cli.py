@@ -1,0 +1,326 @@
+"""``callbot`` command line: the one place that wires the relay, the participant and media together.
+
+Each sub-command parses flags into config dataclasses and runs one coroutine. Errors a user can
+cause (unreachable relay, refused join, bad file) print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiortc import MediaStreamTrack
+
+from media import (
+    AudioMixer,
+    FileSource,
+    GridCompositor,
+    MediaError,
+    PatternVideoTrack,
+    Recorder,
+    RecordingInfo,
+    ToneAudioTrack,
+)
+from peer import DEFAULT_SERVER_URL, CallbotError, Participant, ParticipantConfig
+from signaling_server import ServerSettings, serve_forever, start_server
+
+logger = logging.getLogger("callbot")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"CALLBOT_{name}", default)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT") from None
+    if w < 16 or h < 16 or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError("canvas sides must be even and at least 16")
+    return w, h
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be greater than zero")
+    return value
+
+
+def _seed(name: str) -> int:
+    return sum(name.encode()) % 7
+
+
+@contextlib.asynccontextmanager
+async def _sources(specs: Sequence[str], label: str) -> AsyncIterator[dict[str, MediaStreamTrack]]:
+    """Open what ``--source`` names: ``pattern``, ``tone``, ``none`` or a media file."""
+    tracks: dict[str, MediaStreamTrack] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for spec in specs:
+            if spec == "none":
+                continue
+            if spec == "pattern":
+                tracks["video"] = PatternVideoTrack(label=label, seed=_seed(label))
+            elif spec == "tone":
+                tracks["audio"] = ToneAudioTrack()
+            else:
+                source = await stack.enter_async_context(FileSource(spec))
+                if source.video is not None:
+                    tracks["video"] = source.video
+                if source.audio is not None:
+                    tracks["audio"] = source.audio
+        try:
+            yield tracks
+        finally:
+            for track in tracks.values():
+                track.stop()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordingSummary:
+    info: RecordingInfo
+    fps: dict[str, float]
+
+    def line(self) -> str:
+        rates = ", ".join(f"{name} {fps:.1f} fps" for name, fps in sorted(self.fps.items()))
+        return (
+            f"recorded {self.info.video_frames} frames ({self.info.duration_s:.1f} s) "
+            f"to {self.info.path}; received: {rates or 'nothing'}"
+        )
+
+
+class CallRecorder:
+    """Lays every remote video out on a canvas, mixes every remote audio, records both."""
+
+    def __init__(self, path: Path, *, size: tuple[int, int], fps: float) -> None:
+        self._compositor = GridCompositor(width=size[0], height=size[1], fps=fps)
+        self._mixer = AudioMixer()
+        self._recorder = Recorder(
+            path, video=self._compositor.output, audio=self._mixer.output, fps=fps
+        )
+        self._feeder: asyncio.Task[None] | None = None
+
+    async def start(self, participant: Participant) -> None:
+        await self._recorder.start()
+        self._feeder = asyncio.create_task(self._feed(participant), name="callbot-record-feed")
+
+    async def _feed(self, participant: Participant) -> None:
+        async for track in participant.tracks():
+            if track.kind == "video":
+                self._compositor.add_track(track, label=track.peer_name)
+            else:
+                self._mixer.add_track(track)
+
+    async def aclose(self) -> RecordingSummary:
+        if self._feeder is not None:
+            self._feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feeder
+        fps = {s.label: s.fps for s in self._compositor.stats().values()}
+        info = await self._recorder.aclose()
+        await self._compositor.aclose()
+        await self._mixer.aclose()
+        return RecordingSummary(info=info, fps=fps)
+
+
+async def _until_stopped(duration: float | None) -> None:
+    """Sleep for ``duration`` (forever if None), returning early on SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(duration):
+                await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    await serve_forever(ServerSettings(host=args.host, port=args.port))
+    return 0
+
+
+async def _join(args: argparse.Namespace) -> int:
+    name = args.name or f"bot-{os.getpid()}"
+    config = ParticipantConfig(
+        room=args.room, server_url=args.server, name=name, receive=not args.no_receive
+    )
+    recorder = (
+        CallRecorder(Path(args.record), size=args.canvas, fps=args.fps) if args.record else None
+    )
+    async with _sources(args.source or ["pattern", "tone"], name) as tracks:
+        async with Participant(config, video=tracks.get("video"), audio=tracks.get("audio")) as me:
+            print(f"joined room {args.room!r} as {me.peer_id} ({len(me.peers)} others)", flush=True)
+            if recorder is not None:
+                await recorder.start(me)
+            try:
+                await _until_stopped(args.duration)
+            finally:
+                if recorder is not None:
+                    print((await recorder.aclose()).line(), flush=True)
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    room = "demo"
+    async with start_server(ServerSettings(port=0)) as server:
+        url = server.ws_url
+        recorder = CallRecorder(output, size=(1280, 720), fps=30.0)
+        viewer = Participant(ParticipantConfig(room=room, server_url=url, name="recorder"))
+        bots = [
+            Participant(
+                ParticipantConfig(room=room, server_url=url, name=f"bot-{i}", receive=False),
+                video=PatternVideoTrack(label=f"bot-{i}", seed=i),
+                audio=ToneAudioTrack(frequency=330.0 * (i + 1)),
+            )
+            for i in range(1, 4)
+        ]
+        try:
+            await viewer.join()
+            await recorder.start(viewer)
+            for bot in bots:
+                await bot.join()
+            await viewer.wait_connected(len(bots), timeout_s=30)
+            started = time.monotonic()
+            await _until_stopped(args.duration)
+            logger.info("recorded for %.1f s", time.monotonic() - started)
+        finally:
+            summary = await recorder.aclose()
+            for bot in bots:
+                await bot.aclose()
+            await viewer.aclose()
+    print(summary.info.path.resolve())
+    print(summary.line())
+    if args.json:
+        print(json.dumps({"path": str(summary.info.path), "frames": summary.info.video_frames,
+                          "fps": summary.fps}))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="callbot",
+        description="Headless WebRTC participants, a signaling relay and call recording.",
+    )
+    parser.add_argument(
+        "--log-level", default=_env("LOG_LEVEL", "warning"),
+        choices=["debug", "info", "warning", "error"], help="default: warning (CALLBOT_LOG_LEVEL)",
+    )
+    parser.add_argument(
+        "--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"],
+        help="log line format (CALLBOT_LOG_FORMAT)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the signaling relay",
+                           description="Run the signaling relay (WebSocket at /ws).")
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"),
+                       help="address to bind (default 127.0.0.1; CALLBOT_HOST)")
+    serve.add_argument("--port", type=int, default=int(_env("PORT", "8080")),
+                       help="port (default 8080; 0 picks a free one; CALLBOT_PORT)")
+    serve.set_defaults(func=_serve)
+
+    join = sub.add_parser(
+        "join", help="put a bot into a room",
+        description="Join ROOM, connect to everyone in it, publish a source, optionally record "
+        "the composite of what the others send. Leaves after --duration or on Ctrl-C/SIGTERM.",
+    )
+    join.add_argument("room", help="room to join")
+    join.add_argument("--server", default=_env("SERVER", DEFAULT_SERVER_URL),
+                      help=f"relay WebSocket URL (default {DEFAULT_SERVER_URL}; CALLBOT_SERVER)")
+    join.add_argument("--name", help="display name (default bot-PID)")
+    join.add_argument(
+        "--source", action="append", metavar="pattern|tone|none|PATH",
+        help="what to publish; repeatable (default: pattern and tone). PATH is a media file, "
+        "looped",
+    )
+    join.add_argument("--record", metavar="FILE",
+                      help="record the others to FILE (.mkv, .mp4 or .webm; crash-safe)")
+    join.add_argument("--duration", type=_positive, metavar="SECONDS",
+                      help="leave after this long (default: run until stopped)")
+    join.add_argument("--canvas", type=_size, default=(1280, 720), metavar="WxH",
+                      help="recording canvas size (default 1280x720)")
+    join.add_argument("--fps", type=_positive, default=30.0, help="recording frame rate")
+    join.add_argument("--no-receive", action="store_true",
+                      help="publish only: negotiate send-only media and decode nothing")
+    join.set_defaults(func=_join)
+
+    demo = sub.add_parser(
+        "demo", help="run a whole call in-process and record it",
+        description="Start a relay in-process, put three bots with different patterns and tones "
+        "into a room, record the composite, print the file's path and a summary.",
+    )
+    demo.add_argument("--duration", type=_positive, default=5.0, metavar="SECONDS",
+                      help="seconds to record once everyone is connected (default 5)")
+    demo.add_argument("--output", default="callbot-demo.mkv", metavar="FILE",
+                      help="recording to write (default callbot-demo.mkv)")
+    demo.add_argument("--json", action="store_true", help="also print a JSON summary line")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "time": round(record.created, 3), "level": record.levelname.lower(),
+            "logger": record.name, "message": record.getMessage(),
+        })
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_level, args.log_format)
+    try:
+        code: int = asyncio.run(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except (CallbotError, MediaError, OSError) as exc:
+        print(f"callbot: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Participant configuration: frozen, validated once, mapped from CLI flags and ``CALLBOT_*``."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from signaling_server.protocol import MAX_NAME_LENGTH, MAX_ROOM_LENGTH, IceServerInfo
+
+from .errors import ConfigError
+
+DEFAULT_SERVER_URL = "ws://127.0.0.1:8080/ws"
+#: Host candidates offered by local runs, the demo and tests: loopback only (DESIGN §4).
+LOOPBACK_ONLY: tuple[str, ...] = ("127.0.0.1",)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IceServer:
+    """One STUN/TURN server. Nothing is configured by default: aiortc's public STUN never is."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ConfigError("an ICE server needs at least one URL")
+        for url in self.urls:
+            scheme = url.split(":", 1)[0]
+            if scheme not in ("stun", "stuns", "turn", "turns") or ":" not in url:
+                raise ConfigError(f"ICE server URL {url!r} must start with stun:, turn: or turns:")
+
+    @classmethod
+    def from_info(cls, info: IceServerInfo) -> IceServer:
+        return cls(urls=tuple(info.urls), username=info.username, credential=info.credential)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ParticipantConfig:
+    """How a participant reaches the relay and which network paths its media may use.
+
+    ``ice_addresses`` is the host-candidate policy: the local IP addresses ICE may offer.
+    ``None`` lets aioice use every interface (never for tests or local runs). ``receive=False``
+    makes a publish-only bot: it negotiates send-only media and decodes nothing.
+    """
+
+    room: str
+    server_url: str = DEFAULT_SERVER_URL
+    name: str | None = None
+    ice_servers: tuple[IceServer, ...] = ()
+    use_server_ice_servers: bool = True
+    ice_addresses: tuple[str, ...] | None = LOOPBACK_ONLY
+    receive: bool = True
+    connect_timeout_s: float = 10.0
+    negotiation_timeout_s: float = 30.0
+    video_buffer_frames: int = 4
+    audio_buffer_frames: int = 25
+
+    def __post_init__(self) -> None:
+        if not self.room or len(self.room) > MAX_ROOM_LENGTH:
+            raise ConfigError(f"room must be 1..{MAX_ROOM_LENGTH} characters")
+        if self.name is not None and (not self.name or len(self.name) > MAX_NAME_LENGTH):
+            raise ConfigError(f"name must be 1..{MAX_NAME_LENGTH} characters")
+        url = urlparse(self.server_url)
+        if url.scheme not in ("ws", "wss") or not url.hostname:
+            raise ConfigError(
+                f"server URL {self.server_url!r} must look like ws://HOST:PORT/ws or wss://..."
+            )
+        if self.ice_addresses is not None:
+            if not self.ice_addresses:
+                raise ConfigError("ice_addresses must name at least one address (or be None)")
+            for address in self.ice_addresses:
+                try:
+                    ipaddress.ip_address(address)
+                except ValueError:
+                    raise ConfigError(f"ice address {address!r} is not an IP address") from None
+        if self.connect_timeout_s <= 0 or self.negotiation_timeout_s <= 0:
+            raise ConfigError("timeouts must be positive")
+        if self.video_buffer_frames < 1 or self.audio_buffer_frames < 1:
+            raise ConfigError("buffers must hold at least one frame")
+
+
+__all__ = ["DEFAULT_SERVER_URL", "LOOPBACK_ONLY", "IceServer", "ParticipantConfig"]

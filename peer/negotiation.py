@@ -1,0 +1,274 @@
+"""One RTCPeerConnection per remote peer: who offers, what each m-line carries, trickle ICE.
+
+Who offers is decided by the peer ids alone (the smaller id offers), so two peers that learn of
+each other at the same moment never both offer, whichever of ``welcome``/``peer_joined`` each
+saw first. The offerer creates one audio and one video m-line; each side's direction is what it
+has to send and whether it wants to receive, so publish-only bots exchange nothing with each
+other and decode nothing. aiortc gathers all candidates before ``setLocalDescription`` returns
+and puts them in the SDP; candidates trickled by others (browsers) are applied as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
+
+from signaling_server.protocol import (
+    Answer,
+    ClientMessage,
+    Offer,
+    PeerInfo,
+    RelayedAnswer,
+    RelayedIceCandidate,
+    RelayedOffer,
+)
+
+from .config import IceServer
+from .errors import NegotiationError
+from .ice import host_candidate_policy, rtc_configuration
+from .tracks import RemoteTrack, TrackPump
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("audio", "video")
+Inbound = RelayedOffer | RelayedAnswer | RelayedIceCandidate
+
+
+def is_offerer(local_peer_id: str, remote_peer_id: str) -> bool:
+    """The deterministic glare rule: the smaller peer id makes the offer."""
+    return local_peer_id < remote_peer_id
+
+
+def direction(*, send: bool, receive: bool) -> str:
+    return {
+        (True, True): "sendrecv",
+        (True, False): "sendonly",
+        (False, True): "recvonly",
+        (False, False): "inactive",
+    }[(send, receive)]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkOptions:
+    local_peer_id: str
+    ice_servers: Sequence[IceServer]
+    ice_addresses: Sequence[str] | None
+    receive: bool
+    video_buffer_frames: int
+    audio_buffer_frames: int
+
+
+class PeerLink:
+    """The media connection to one remote peer. Inbound signaling is processed in order by one
+    task the link owns; remote tracks are drained by tasks it owns; ``aclose()`` ends them all."""
+
+    def __init__(
+        self,
+        remote: PeerInfo,
+        *,
+        options: LinkOptions,
+        local_media: Sequence[TrackPump],
+        send: Callable[[ClientMessage], Awaitable[None]],
+        on_track: Callable[[RemoteTrack], None],
+        on_change: Callable[[], None],
+    ) -> None:
+        self.remote = remote
+        self.offerer = is_offerer(options.local_peer_id, remote.peer_id)
+        self._options = options
+        self._local = {pump.kind: pump for pump in local_media}
+        self._send = send
+        self._on_track = on_track
+        self._on_change = on_change
+        self.pc = RTCPeerConnection(configuration=rtc_configuration(options.ice_servers))
+        self._rings: list[Any] = []
+        self._remote_tracks: list[RemoteTrack] = []
+        self._drains: set[asyncio.Task[None]] = set()
+        self._inbox: asyncio.Queue[Inbound] = asyncio.Queue()
+        self._pending_candidates: list[RelayedIceCandidate] = []
+        self._have_remote = False
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self.failed: NegotiationError | None = None
+        self.pc.on("track", self._track_event)
+        self.pc.on("connectionstatechange", self._state_event)
+
+    @property
+    def state(self) -> str:
+        return str(self.pc.connectionState)
+
+    def start(self) -> None:
+        """Begin: the offerer sends its offer; the other side waits for it."""
+        self._worker = asyncio.create_task(self._work(), name=f"callbot-link-{self.remote.peer_id}")
+
+    def deliver(self, message: Inbound) -> None:
+        if not self._closed:
+            self._inbox.put_nowait(message)
+
+    # ------------------------------------------------------------------ the link's own task
+
+    async def _work(self) -> None:
+        try:
+            if self.offerer:
+                await self._make_offer()
+            while True:
+                message = await self._inbox.get()
+                try:
+                    await self._handle(message)
+                except NegotiationError as exc:
+                    self._fail(exc)
+                except (ValueError, AssertionError) as exc:  # aiortc rejects bad SDP this way
+                    self._fail(NegotiationError(self.remote.peer_id, f"{message.type}: {exc}"))
+        except NegotiationError as exc:
+            self._fail(exc)
+
+    async def _handle(self, message: Inbound) -> None:
+        if isinstance(message, RelayedOffer):
+            await self._accept_offer(message.sdp)
+        elif isinstance(message, RelayedAnswer):
+            if self.pc.signalingState != "have-local-offer":
+                raise NegotiationError(self.remote.peer_id, "an answer came without our offer")
+            await self.pc.setRemoteDescription(RTCSessionDescription(message.sdp, "answer"))
+            self._have_remote = True
+            await self._flush_candidates()
+        elif not self._have_remote:
+            self._pending_candidates.append(message)
+        else:
+            await self._add_candidate(message)
+
+    async def _make_offer(self) -> None:
+        for kind in KINDS:
+            pump = self._local.get(kind)
+            wanted = direction(send=pump is not None, receive=self._options.receive)
+            if wanted == "inactive":
+                continue
+            sender_track = self._subscribe(pump) if pump is not None else kind
+            self.pc.addTransceiver(sender_track, direction=wanted)
+        if not self.pc.getTransceivers():
+            logger.info("nothing to send or receive with %s", self.remote.peer_id)
+            return
+        await self._set_local(await self.pc.createOffer())
+        await self._send(
+            Offer(target_peer_id=self.remote.peer_id, sdp=self.pc.localDescription.sdp)
+        )
+
+    async def _accept_offer(self, sdp: str) -> None:
+        if self.pc.signalingState != "stable":
+            # Cannot happen with the id rule; refusing beats corrupting the session.
+            raise NegotiationError(self.remote.peer_id, "an offer arrived during our own offer")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+        self._have_remote = True
+        for transceiver in self.pc.getTransceivers():
+            pump = self._local.get(transceiver.kind)
+            # aiortc annotates sender.track as never None; it is None until a track is set.
+            current = cast("MediaStreamTrack | None", transceiver.sender.track)
+            if pump is not None and current is None:
+                transceiver.sender.replaceTrack(self._subscribe(pump))
+            transceiver.direction = direction(send=pump is not None, receive=self._options.receive)
+        await self._set_local(await self.pc.createAnswer())
+        await self._flush_candidates()
+        await self._send(
+            Answer(target_peer_id=self.remote.peer_id, sdp=self.pc.localDescription.sdp)
+        )
+
+    async def _set_local(self, description: RTCSessionDescription) -> None:
+        with host_candidate_policy(self._options.ice_addresses):
+            await self.pc.setLocalDescription(description)
+
+    async def _flush_candidates(self) -> None:
+        pending, self._pending_candidates = self._pending_candidates, []
+        for candidate in pending:
+            await self._add_candidate(candidate)
+
+    async def _add_candidate(self, message: RelayedIceCandidate) -> None:
+        if not message.candidate:
+            await self.pc.addIceCandidate(None)  # end of candidates
+            return
+        text = message.candidate.removeprefix("candidate:")
+        try:
+            candidate = candidate_from_sdp(text)
+        except (AssertionError, ValueError, IndexError):
+            logger.warning("ignoring a malformed candidate from %s", self.remote.peer_id)
+            return
+        candidate.sdpMid = message.sdp_mid
+        candidate.sdpMLineIndex = message.sdp_m_line_index
+        if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+            candidate.sdpMLineIndex = 0
+        await self.pc.addIceCandidate(candidate)
+
+    def _subscribe(self, pump: TrackPump) -> Any:
+        ring = pump.subscribe()
+        self._rings.append((pump, ring))
+        return ring
+
+    # ------------------------------------------------------------------ aiortc callbacks (sync)
+
+    def _track_event(self, track: Any) -> None:
+        capacity = (
+            self._options.video_buffer_frames
+            if track.kind == "video"
+            else self._options.audio_buffer_frames
+        )
+        remote = RemoteTrack(
+            track.kind, peer_id=self.remote.peer_id, peer_name=self.remote.name, capacity=capacity
+        )
+        self._remote_tracks.append(remote)
+        task = asyncio.create_task(self._drain(track, remote), name=f"callbot-drain-{track.kind}")
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+        self._on_track(remote)
+
+    async def _drain(self, source: Any, ring: RemoteTrack) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        try:
+            while True:
+                ring.push(await source.recv())
+        except MediaStreamError:
+            pass
+        finally:
+            ring.end()
+
+    def _state_event(self) -> None:
+        state = self.pc.connectionState
+        logger.debug("link %s: %s", self.remote.peer_id, state)
+        if state == "failed":
+            self._fail(NegotiationError(self.remote.peer_id, "ICE/DTLS connection failed"))
+        self._on_change()
+
+    def _fail(self, exc: NegotiationError) -> None:
+        logger.warning("%s", exc)
+        if self.failed is None:
+            self.failed = exc
+        self._on_change()
+
+    # ------------------------------------------------------------------ close
+
+    async def aclose(self) -> None:
+        """Close the peer connection, end remote tracks, stop every task. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for pump, ring in self._rings:
+            pump.unsubscribe(ring)
+        await self.pc.close()
+        for task in tuple(self._drains):
+            task.cancel()
+        for task in tuple(self._drains):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for remote in self._remote_tracks:
+            remote.end()
+
+
+__all__ = ["LinkOptions", "PeerLink", "direction", "is_offerer"]

@@ -1,0 +1,270 @@
+"""The participant: the object a bot, a test or the CLI holds to be in a room.
+
+::
+
+    async with Participant(ParticipantConfig(room="demo"), video=pattern, audio=tone) as me:
+        async for track in me.tracks():   # RemoteTrack objects, as remote peers' media arrives
+            ...
+
+In room mode (the only mode so far) it connects to everyone in the room: one
+:class:`~peer.negotiation.PeerLink` per remote peer, created on ``welcome``/``peer_joined`` and
+closed on ``peer_left``. One task it owns reads the relay and routes messages to the links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Self
+
+from aiortc import MediaStreamTrack
+
+from signaling_server.protocol import (
+    Error,
+    Join,
+    Leave,
+    PeerInfo,
+    PeerJoined,
+    PeerLeft,
+    PeerList,
+    RelayedAnswer,
+    RelayedIceCandidate,
+    RelayedOffer,
+    Welcome,
+)
+
+from .config import IceServer, ParticipantConfig
+from .errors import CallbotError, ConfigError, JoinRefused, NegotiationError, ServerError
+from .negotiation import LinkOptions, PeerLink
+from .signaling import SignalingClient
+from .tracks import RemoteTrack, TrackPump
+
+logger = logging.getLogger(__name__)
+
+
+class Participant:
+    """Joins a room on the relay, publishes its tracks to every peer, yields what they send.
+
+    ``video``/``audio`` are local tracks to publish (at most one of each kind; each is read once
+    and fanned out to every peer connection). They are not stopped on close: the caller owns them.
+    """
+
+    def __init__(
+        self,
+        config: ParticipantConfig,
+        *,
+        video: MediaStreamTrack | None = None,
+        audio: MediaStreamTrack | None = None,
+    ) -> None:
+        if video is not None and video.kind != "video":
+            raise ConfigError(f"the video track is of kind {video.kind!r}")
+        if audio is not None and audio.kind != "audio":
+            raise ConfigError(f"the audio track is of kind {audio.kind!r}")
+        self.config = config
+        self._pumps = [
+            TrackPump(track, capacity=2 if track.kind == "video" else 8, name=track.kind)
+            for track in (video, audio)
+            if track is not None
+        ]
+        self._signaling = SignalingClient(
+            config.server_url, connect_timeout_s=config.connect_timeout_s
+        )
+        self._links: dict[str, PeerLink] = {}
+        self._peers: dict[str, PeerInfo] = {}
+        self._tracks: asyncio.Queue[RemoteTrack | None] = asyncio.Queue()
+        self._all_tracks: list[RemoteTrack] = []
+        self._router: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._welcome: Welcome | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.join()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def join(self) -> Welcome:
+        """Connect to the relay and join the room; raises ``ConnectError`` or ``JoinRefused``."""
+        if self._welcome is not None:
+            return self._welcome
+        await self._signaling.connect()
+        request = Join(room=self.config.room, name=self.config.name, id=self._signaling.next_id())
+        try:
+            welcome = await self._signaling.request(
+                request, timeout_s=self.config.connect_timeout_s
+            )
+        except ServerError as exc:
+            raise JoinRefused(exc.code, exc.message) from None
+        if not isinstance(welcome, Welcome):
+            raise CallbotError(f"the relay answered join with {welcome.type!r}")
+        self._welcome = welcome
+        logger.info(
+            "joined room %r as %s (%d others)", welcome.room, welcome.peer_id, len(welcome.peers)
+        )
+        self._router = asyncio.create_task(self._route(), name="callbot-participant-router")
+        for info in welcome.peers:
+            self._add_peer(info)
+        return welcome
+
+    async def leave(self) -> None:
+        """Say goodbye to the room, then close everything (same as ``aclose()``)."""
+        await self.aclose(say_goodbye=True)
+
+    async def aclose(self, *, say_goodbye: bool = True) -> None:
+        """Close every peer connection, the relay connection and every task. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if say_goodbye and self._welcome is not None:
+            with contextlib.suppress(CallbotError):
+                await self._signaling.send(Leave())
+        if self._router is not None:
+            self._router.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._router
+        links = list(self._links.values())
+        self._links.clear()
+        await asyncio.gather(*(link.aclose() for link in links))
+        for pump in self._pumps:
+            await pump.aclose()
+        await self._signaling.aclose()
+        self._tracks.put_nowait(None)
+        self._changed.set()
+
+    # ------------------------------------------------------------------ what users read
+
+    @property
+    def peer_id(self) -> str:
+        if self._welcome is None:
+            raise CallbotError("not joined yet")
+        return self._welcome.peer_id
+
+    @property
+    def ice_servers(self) -> tuple[IceServer, ...]:
+        """Configured servers, then (unless disabled) those the relay serves in ``welcome``."""
+        served: tuple[IceServer, ...] = ()
+        if self._welcome is not None and self.config.use_server_ice_servers:
+            served = tuple(IceServer.from_info(s) for s in self._welcome.ice_servers)
+        return self.config.ice_servers + served
+
+    @property
+    def peers(self) -> dict[str, PeerInfo]:
+        """Remote peers currently in the room, by peer id."""
+        return dict(self._peers)
+
+    @property
+    def received_tracks(self) -> list[RemoteTrack]:
+        """Every remote track received so far (ended ones included), for stats."""
+        return list(self._all_tracks)
+
+    def link(self, peer_id: str) -> PeerLink | None:
+        return self._links.get(peer_id)
+
+    async def tracks(self) -> AsyncIterator[RemoteTrack]:
+        """Remote tracks as they arrive; ends when the participant closes. One reader."""
+        while True:
+            track = await self._tracks.get()
+            if track is None:
+                self._tracks.put_nowait(None)  # later iterators end too
+                return
+            yield track
+
+    async def wait_connected(self, count: int = 1, *, timeout_s: float = 30.0) -> None:
+        """Wait until media connections to ``count`` peers are up; raises on failure/timeout."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                self._changed.clear()
+                failed = [link.failed for link in self._links.values() if link.failed]
+                if failed:
+                    raise failed[0]
+                if sum(link.state == "connected" for link in self._links.values()) >= count:
+                    return
+                if self._closed:
+                    raise CallbotError("participant closed")
+                await self._changed.wait()
+
+    # ------------------------------------------------------------------ routing
+
+    async def _route(self) -> None:
+        async for message in self._signaling.messages():
+            try:
+                await self._dispatch(message)
+            except CallbotError as exc:  # one bad message must not end the participant
+                logger.warning("while handling %s: %s", message.type, exc)
+        if not self._closed:
+            logger.warning("lost the relay: %s", self._signaling.close_reason)
+
+    async def _dispatch(self, message: Any) -> None:
+        match message:
+            case PeerJoined(peer_id=peer_id, name=name):
+                self._add_peer(PeerInfo(peer_id=peer_id, name=name))
+            case PeerLeft(peer_id=peer_id):
+                await self._remove_peer(peer_id)
+            case RelayedOffer() | RelayedAnswer() | RelayedIceCandidate():
+                link = self._links.get(message.from_peer_id)
+                if link is None:
+                    link = self._add_peer(
+                        PeerInfo(peer_id=message.from_peer_id, name=message.from_peer_id)
+                    )
+                link.deliver(message)
+            case Error(code=code, message=text):
+                logger.warning("relay error %s: %s", code, text)
+            case PeerList():
+                pass
+            case _:
+                logger.debug("ignoring %s", message.type)
+
+    def _add_peer(self, info: PeerInfo) -> PeerLink:
+        self._peers[info.peer_id] = info
+        link = self._links.get(info.peer_id)
+        if link is not None:
+            return link
+        options = LinkOptions(
+            local_peer_id=self.peer_id,
+            ice_servers=self.ice_servers,
+            ice_addresses=self.config.ice_addresses,
+            receive=self.config.receive,
+            video_buffer_frames=self.config.video_buffer_frames,
+            audio_buffer_frames=self.config.audio_buffer_frames,
+        )
+        link = PeerLink(
+            info,
+            options=options,
+            local_media=self._pumps,
+            send=self._signaling.send,
+            on_track=self._on_track,
+            on_change=self._changed.set,
+        )
+        self._links[info.peer_id] = link
+        link.start()
+        return link
+
+    async def _remove_peer(self, peer_id: str) -> None:
+        self._peers.pop(peer_id, None)
+        link = self._links.pop(peer_id, None)
+        if link is not None:
+            await link.aclose()
+        self._changed.set()
+
+    def _on_track(self, track: RemoteTrack) -> None:
+        self._all_tracks.append(track)
+        self._tracks.put_nowait(track)
+
+
+__all__ = ["NegotiationError", "Participant"]
