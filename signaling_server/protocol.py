@@ -23,6 +23,9 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_ROOM_LENGTH = 64
 MAX_NAME_LENGTH = 64
+#: A client ``id`` (string, or integer in decimal digits) longer than this is refused, so that
+#: echoing it back as ``ref`` can never blow a reply past the size cap.
+MAX_ID_LENGTH = 128
 
 MessageId: TypeAlias = str | int
 Origin = Literal["client", "server"]
@@ -175,10 +178,10 @@ class Ping:
     id: MessageId | None = None
 
 
-ClientMessage: TypeAlias = Union[
-    Join, Leave, ListPeers, Offer, Answer, IceCandidate,
-    StartCall, AcceptCall, DeclineCall, LeaveCall, EndCall, Ping,
-]  # fmt: skip
+ClientMessage: TypeAlias = (
+    Join | Leave | ListPeers | Offer | Answer | IceCandidate
+    | StartCall | AcceptCall | DeclineCall | LeaveCall | EndCall | Ping
+)  # fmt: skip
 
 # --------------------------------------------------------------------------- server -> client
 
@@ -256,53 +259,58 @@ class Error:
     ref: MessageId | None = None
 
 
-ServerMessage: TypeAlias = Union[
-    Welcome, PeerJoined, PeerLeft, PeerList, RelayedOffer, RelayedAnswer, RelayedIceCandidate,
-    Pong, Error,
-]  # fmt: skip
+ServerMessage: TypeAlias = (
+    Welcome | PeerJoined | PeerLeft | PeerList | RelayedOffer | RelayedAnswer | RelayedIceCandidate
+    | Pong | Error
+)  # fmt: skip
 
 Message: TypeAlias = ClientMessage | ServerMessage
 
-CLIENT_MESSAGES: Mapping[str, type[Any]] = {
-    cls.type: cls for cls in typing.get_args(ClientMessage)
-}
-SERVER_MESSAGES: Mapping[str, type[Any]] = {
-    cls.type: cls for cls in typing.get_args(ServerMessage)
-}
+CLIENT_MESSAGES: Mapping[str, type[Any]] = {cls.type: cls for cls in typing.get_args(ClientMessage)}
+SERVER_MESSAGES: Mapping[str, type[Any]] = {cls.type: cls for cls in typing.get_args(ServerMessage)}
 
 
 # --------------------------------------------------------------------------- parse / dump
 
 
-def parse_message(data: str | bytes, *, origin: Origin = "client") -> Any:
+def parse_message(
+    data: str | bytes, *, origin: Origin = "client", max_bytes: int = MAX_MESSAGE_BYTES
+) -> Any:
     """Validate one frame into its message dataclass.
 
     Returns a ``ClientMessage`` when ``origin="client"`` (what the relay receives) and a
     ``ServerMessage`` when ``origin="server"`` (what a client receives); typed as ``Any`` so callers
     narrow with ``match``/``isinstance``. Raises :class:`ProtocolError`; when the frame was an
-    object with an ``id``, the error carries it as ``ref``.
+    object with an ``id``, the error carries it as ``ref``. ``max_bytes`` is the size cap (the
+    relay passes its configured one).
     """
     size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
-    if size > MAX_MESSAGE_BYTES:
+    if size > max_bytes:
         raise ProtocolError(
-            ErrorCode.TOO_LARGE, f"message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}"
+            ErrorCode.TOO_LARGE, f"message is {size} bytes; the limit is {max_bytes}"
         )
     try:
         obj = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, f"not valid JSON: {exc}") from None
+    except RecursionError:  # e.g. "[[[[...": deeper than the C decoder's recursion limit
+        raise ProtocolError(ErrorCode.BAD_JSON, "not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "a message must be a JSON object")
     ref = obj.get("id")
     if isinstance(ref, bool) or not isinstance(ref, str | int):
         ref = None
+    elif len(str(ref)) > MAX_ID_LENGTH:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"'id' is too long; the limit is {MAX_ID_LENGTH} characters"
+        )
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "missing or non-string 'type'", ref)
     registry = CLIENT_MESSAGES if origin == "client" else SERVER_MESSAGES
     cls = registry.get(kind)
     if cls is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}", ref)
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", ref)
     try:
         return _build(cls, obj, path=kind)
     except _FieldError as exc:
@@ -348,6 +356,8 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(options) == 1:  # plain Optional: keep the precise error ("targets[1]: ...")
+            return _coerce(options[0], value, path)
         for option in options:
             try:
                 return _coerce(option, value, path)
@@ -412,6 +422,7 @@ def _to_json(value: Any) -> Any:
 
 __all__ = [
     "CLIENT_MESSAGES",
+    "MAX_ID_LENGTH",
     "MAX_MESSAGE_BYTES",
     "MAX_NAME_LENGTH",
     "MAX_ROOM_LENGTH",
