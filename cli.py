@@ -164,7 +164,9 @@ async def _until_stopped(duration: float | None) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    await serve_forever(ServerSettings(host=args.host, port=args.port))
+    await serve_forever(
+        ServerSettings(host=args.host, port=args.port, max_peers_per_room=args.max_room_size)
+    )
     return 0
 
 
@@ -176,16 +178,18 @@ async def _join(args: argparse.Namespace) -> int:
     recorder = (
         CallRecorder(Path(args.record), size=args.canvas, fps=args.fps) if args.record else None
     )
-    async with _sources(args.source or ["pattern", "tone"], name) as tracks:
-        async with Participant(config, video=tracks.get("video"), audio=tracks.get("audio")) as me:
-            print(f"joined room {args.room!r} as {me.peer_id} ({len(me.peers)} others)", flush=True)
+    async with (
+        _sources(args.source or ["pattern", "tone"], name) as tracks,
+        Participant(config, video=tracks.get("video"), audio=tracks.get("audio")) as me,
+    ):
+        print(f"joined room {args.room!r} as {me.peer_id} ({len(me.peers)} others)", flush=True)
+        if recorder is not None:
+            await recorder.start(me)
+        try:
+            await _until_stopped(args.duration)
+        finally:
             if recorder is not None:
-                await recorder.start(me)
-            try:
-                await _until_stopped(args.duration)
-            finally:
-                if recorder is not None:
-                    print((await recorder.aclose()).line(), flush=True)
+                print((await recorder.aclose()).line(), flush=True)
     return 0
 
 
@@ -221,8 +225,15 @@ async def _demo(args: argparse.Namespace) -> int:
     print(summary.info.path.resolve())
     print(summary.line())
     if args.json:
-        print(json.dumps({"path": str(summary.info.path), "frames": summary.info.video_frames,
-                          "fps": summary.fps}))
+        print(
+            json.dumps(
+                {
+                    "path": str(summary.info.path),
+                    "frames": summary.info.video_frames,
+                    "fps": summary.fps,
+                }
+            )
+        )
     return 0
 
 
@@ -235,57 +246,109 @@ def build_parser() -> argparse.ArgumentParser:
         description="Headless WebRTC participants, a signaling relay and call recording.",
     )
     parser.add_argument(
-        "--log-level", default=_env("LOG_LEVEL", "warning"),
-        choices=["debug", "info", "warning", "error"], help="default: warning (CALLBOT_LOG_LEVEL)",
+        "--log-level",
+        default=_env("LOG_LEVEL", "warning"),
+        choices=["debug", "info", "warning", "error"],
+        help="default: warning (CALLBOT_LOG_LEVEL)",
     )
     parser.add_argument(
-        "--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"],
+        "--log-format",
+        default=_env("LOG_FORMAT", "text"),
+        choices=["text", "json"],
         help="log line format (CALLBOT_LOG_FORMAT)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the signaling relay",
-                           description="Run the signaling relay (WebSocket at /ws).")
-    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"),
-                       help="address to bind (default 127.0.0.1; CALLBOT_HOST)")
-    serve.add_argument("--port", type=int, default=int(_env("PORT", "8080")),
-                       help="port (default 8080; 0 picks a free one; CALLBOT_PORT)")
+    serve = sub.add_parser(
+        "serve",
+        help="run the signaling relay",
+        description="Run the signaling relay (WebSocket at /ws).",
+    )
+    serve.add_argument(
+        "--host",
+        default=_env("HOST", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1; CALLBOT_HOST)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("PORT", "8080")),
+        help="port (default 8080; 0 picks a free one; CALLBOT_PORT)",
+    )
+    serve.add_argument(
+        "--max-room-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="peers allowed in one room (default 64); more are refused",
+    )
     serve.set_defaults(func=_serve)
 
     join = sub.add_parser(
-        "join", help="put a bot into a room",
+        "join",
+        help="put a bot into a room",
         description="Join ROOM, connect to everyone in it, publish a source, optionally record "
         "the composite of what the others send. Leaves after --duration or on Ctrl-C/SIGTERM.",
     )
     join.add_argument("room", help="room to join")
-    join.add_argument("--server", default=_env("SERVER", DEFAULT_SERVER_URL),
-                      help=f"relay WebSocket URL (default {DEFAULT_SERVER_URL}; CALLBOT_SERVER)")
+    join.add_argument(
+        "--server",
+        default=_env("SERVER", DEFAULT_SERVER_URL),
+        help=f"relay WebSocket URL (default {DEFAULT_SERVER_URL}; CALLBOT_SERVER)",
+    )
     join.add_argument("--name", help="display name (default bot-PID)")
     join.add_argument(
-        "--source", action="append", metavar="pattern|tone|none|PATH",
+        "--source",
+        action="append",
+        metavar="pattern|tone|none|PATH",
         help="what to publish; repeatable (default: pattern and tone). PATH is a media file, "
         "looped",
     )
-    join.add_argument("--record", metavar="FILE",
-                      help="record the others to FILE (.mkv, .mp4 or .webm; crash-safe)")
-    join.add_argument("--duration", type=_positive, metavar="SECONDS",
-                      help="leave after this long (default: run until stopped)")
-    join.add_argument("--canvas", type=_size, default=(1280, 720), metavar="WxH",
-                      help="recording canvas size (default 1280x720)")
+    join.add_argument(
+        "--record",
+        metavar="FILE",
+        help="record the others to FILE (.mkv, .mp4 or .webm; crash-safe)",
+    )
+    join.add_argument(
+        "--duration",
+        type=_positive,
+        metavar="SECONDS",
+        help="leave after this long (default: run until stopped)",
+    )
+    join.add_argument(
+        "--canvas",
+        type=_size,
+        default=(1280, 720),
+        metavar="WxH",
+        help="recording canvas size (default 1280x720)",
+    )
     join.add_argument("--fps", type=_positive, default=30.0, help="recording frame rate")
-    join.add_argument("--no-receive", action="store_true",
-                      help="publish only: negotiate send-only media and decode nothing")
+    join.add_argument(
+        "--no-receive",
+        action="store_true",
+        help="publish only: negotiate send-only media and decode nothing",
+    )
     join.set_defaults(func=_join)
 
     demo = sub.add_parser(
-        "demo", help="run a whole call in-process and record it",
+        "demo",
+        help="run a whole call in-process and record it",
         description="Start a relay in-process, put three bots with different patterns and tones "
         "into a room, record the composite, print the file's path and a summary.",
     )
-    demo.add_argument("--duration", type=_positive, default=5.0, metavar="SECONDS",
-                      help="seconds to record once everyone is connected (default 5)")
-    demo.add_argument("--output", default="callbot-demo.mkv", metavar="FILE",
-                      help="recording to write (default callbot-demo.mkv)")
+    demo.add_argument(
+        "--duration",
+        type=_positive,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds to record once everyone is connected (default 5)",
+    )
+    demo.add_argument(
+        "--output",
+        default="callbot-demo.mkv",
+        metavar="FILE",
+        help="recording to write (default callbot-demo.mkv)",
+    )
     demo.add_argument("--json", action="store_true", help="also print a JSON summary line")
     demo.set_defaults(func=_demo)
     return parser
@@ -293,10 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({
-            "time": round(record.created, 3), "level": record.levelname.lower(),
-            "logger": record.name, "message": record.getMessage(),
-        })
+        return json.dumps(
+            {
+                "time": round(record.created, 3),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+        )
 
 
 def _configure_logging(level: str, fmt: str) -> None:

@@ -1,0 +1,162 @@
+"""The ``callbot`` command as a user runs it: separate OS processes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import av
+import pytest
+
+from media import fit, grid, read_stamp
+
+CALLBOT = [sys.executable, "-m", "cli"]
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def run(*args: str, timeout: float = 90) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *CALLBOT, *args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@contextlib.asynccontextmanager
+async def serve(*flags: str) -> AsyncIterator[str]:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *CALLBOT, "serve", "--port", str(port), *flags, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                with contextlib.suppress(OSError):
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                    await writer.wait_closed()
+                    break
+                assert proc.returncode is None, "callbot serve exited early"
+                await asyncio.sleep(0.1)
+        yield f"ws://127.0.0.1:{port}/ws"
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def decoded_frames(path: Path) -> Iterator[av.VideoFrame]:
+    with av.open(str(path)) as container:
+        yield from container.decode(video=0)
+
+
+def tile_stamps(path: Path, tiles: int, src: tuple[int, int] = (640, 480)) -> list[list[int]]:
+    """Frame numbers read from each grid tile of every decoded frame of a recording."""
+    seen: list[list[int]] = [[] for _ in range(tiles)]
+    for frame in decoded_frames(path):
+        for i, cell in enumerate(grid(tiles, frame.width, frame.height)):
+            rect = fit(src[0], src[1], cell)
+            stamp = read_stamp(frame, (rect.x, rect.y, rect.w, rect.h))
+            if stamp is not None:
+                seen[i].append(stamp.frame_number)
+    return seen
+
+
+async def test_serve_and_two_join_processes_record_each_other(tmp_path: Path) -> None:
+    async with serve() as url:
+        results = await asyncio.gather(
+            *(
+                run("join", "room1", "--server", url, "--name", name,
+                    "--record", str(tmp_path / f"{name}.mkv"), "--duration", "6",
+                    "--canvas", "640x480")
+                for name in ("alice", "bob")
+            )
+        )  # fmt: skip
+    for code, out, err in results:
+        assert code == 0, err
+        assert "joined room 'room1'" in out
+        assert re.search(r"recorded \d+ frames", out), out
+    for name, other in (("alice", "bob"), ("bob", "alice")):
+        path = tmp_path / f"{name}.mkv"
+        (numbers,) = tile_stamps(path, 1)
+        assert len(numbers) >= 30, f"{name}'s recording shows {other}'s pattern too rarely"
+        assert numbers == sorted(numbers)
+        with av.open(str(path)) as container:
+            assert container.streams.audio, "the recording has no audio stream"
+
+
+async def test_demo_writes_a_playable_file_with_three_tiles(tmp_path: Path) -> None:
+    output = tmp_path / "demo.mkv"
+    code, out, err = await run("demo", "--duration", "3", "--output", str(output))
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0] == str(output.resolve())
+    assert re.match(r"recorded \d+ frames .* bot-1 [\d.]+ fps, bot-2 [\d.]+ fps, bot-3", lines[1])
+    per_tile = tile_stamps(output, 3)
+    assert all(len(n) >= 20 for n in per_tile), [len(n) for n in per_tile]
+
+
+async def test_join_an_unreachable_relay_is_a_one_line_error() -> None:
+    code, _, err = await run(
+        "join", "r", "--server", f"ws://127.0.0.1:{free_port()}/ws", "--duration", "1"
+    )
+    assert code == 1
+    assert err.strip().count("\n") == 0, err
+    assert err.startswith("callbot: error: cannot reach the relay")
+
+
+async def test_refused_join_is_a_one_line_error() -> None:
+    async with serve("--max-room-size", "1") as url:
+        first = asyncio.create_task(
+            run("join", "r", "--server", url, "--duration", "4", "--source", "none")
+        )
+        await asyncio.sleep(2)
+        code, _, err = await run("join", "r", "--server", url, "--duration", "1")
+        assert (await first)[0] == 0
+    assert code == 1
+    assert err.startswith("callbot: error: rate_limited: room 'r' is full"), err
+    assert err.strip().count("\n") == 0, err
+
+
+def test_bad_room_name_is_refused_before_connecting() -> None:
+    out = subprocess.run([*CALLBOT, "join", "x" * 65, "--duration", "1"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.startswith("callbot: error: room must be"), out.stderr
+
+
+async def test_bad_flags_exit_with_usage_error() -> None:
+    code, _, err = await run("join", "r", "--duration", "-1")
+    assert code == 2 and "must be greater than zero" in err
+    code, _, err = await run("join", "r", "--record", "out.avi", "--duration", "1",
+                             "--server", "ws://127.0.0.1:9/ws")  # fmt: skip
+    assert code == 1 and err.startswith("callbot: error:"), err
+
+
+def test_help_texts_describe_every_command() -> None:
+    env = {**os.environ, "COLUMNS": "100"}
+    out = subprocess.run([*CALLBOT, "--help"], capture_output=True, text=True, env=env, cwd=ROOT)
+    for command in ("serve", "join", "demo"):
+        assert command in out.stdout
