@@ -1,0 +1,91 @@
+"""The aiohttp application of the relay, and helpers to run it (tests, the CLI).
+
+All state lives in the app (``web.AppKey``), so several relays can run in one process (tests do).
+Shutdown closes every WebSocket with 1001 (going away) so that clients can tell a restart from a
+network failure and reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiohttp import WSCloseCode, web
+
+from .handlers import HUB_KEY, Hub, websocket_handler
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SETTINGS_KEY = web.AppKey("callbot_relay_settings", ServerSettings)
+
+#: How long runner cleanup waits for handlers after their sockets were closed.
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+def create_app(settings: ServerSettings) -> web.Application:
+    """Build the relay: ``GET /ws`` (protocol v1) and ``GET /healthz``."""
+    app = web.Application()
+    app[SETTINGS_KEY] = settings
+    app[HUB_KEY] = Hub(settings)
+    app.router.add_get("/ws", websocket_handler)
+    app.router.add_get("/healthz", _healthz)
+    app.on_shutdown.append(_close_websockets)
+    return app
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    rooms = request.app[HUB_KEY].rooms
+    return web.json_response({"status": "ok", "rooms": rooms.room_count, "peers": rooms.peer_count})
+
+
+async def _close_websockets(app: web.Application) -> None:
+    hub = app[HUB_KEY]
+    if hub.connections:
+        log.info("closing %d websocket(s) for shutdown", len(hub.connections))
+    await hub.close_all(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """Where a started relay listens (the real port when ``port=0`` was asked for)."""
+
+    host: str
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return self.http_url.replace("http://", "ws://", 1) + "/ws"
+
+
+@asynccontextmanager
+async def start_server(settings: ServerSettings) -> AsyncIterator[RunningServer]:
+    """Run the relay for the duration of the block; on exit, shut it down gracefully."""
+    runner = web.AppRunner(
+        create_app(settings), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        port = runner.addresses[0][1] if settings.port == 0 else settings.port
+        yield RunningServer(host=settings.host, port=int(port))
+    finally:
+        await runner.cleanup()
+
+
+async def serve_forever(settings: ServerSettings) -> None:
+    """Run the relay until cancelled (``callbot serve``); cancellation shuts it down cleanly."""
+    async with start_server(settings) as server:
+        log.info(
+            "signaling relay listening on %s (health: %s/healthz)", server.ws_url, server.http_url
+        )
+        await asyncio.Event().wait()

@@ -1,0 +1,364 @@
+"""The WebSocket loop at ``/ws``: parse each frame, apply it to the rooms, queue the frames out.
+
+Every connection has one reader (the aiohttp handler task) and one writer task draining a FIFO
+outbox. Handling a frame is synchronous: it updates :class:`~.rooms.Rooms` and *enqueues*
+outgoing frames without awaiting. So frames are applied one at a time across the whole relay
+(no interleaving to reason about), each socket sees its frames in the order they were produced,
+and a slow or dying receiver can never stall the sender. A receiver whose outbox outgrows
+``ServerSettings.max_send_queue_bytes`` is not reading; it is dropped rather than buffered forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import assert_never
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from .protocol import (
+    AcceptCall,
+    Answer,
+    ClientMessage,
+    DeclineCall,
+    EndCall,
+    Error,
+    ErrorCode,
+    IceCandidate,
+    Join,
+    Leave,
+    LeaveCall,
+    ListPeers,
+    MessageId,
+    Offer,
+    PeerJoined,
+    PeerLeft,
+    PeerList,
+    Ping,
+    Pong,
+    ProtocolError,
+    RelayedAnswer,
+    RelayedIceCandidate,
+    RelayedOffer,
+    ServerMessage,
+    StartCall,
+    Welcome,
+    dump_message,
+    parse_message,
+)
+from .rooms import Member, Rooms
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+CALLS_UNSUPPORTED = "call lifecycle is not supported by this relay yet"
+
+
+def frame_limit(max_message_bytes: int) -> int:
+    """aiohttp's hard frame limit: twice the protocol cap.
+
+    Frames between the two get a polite ``too_large`` error and the connection lives on; only
+    frames grossly over the cap make aiohttp close the socket (1009) before buffering them.
+    """
+    return 2 * max_message_bytes
+
+
+class Hub:
+    """Relay state shared by the connections of one app: the rooms and each member's socket."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.rooms = Rooms(max_peers_per_room=settings.max_peers_per_room)
+        self.connections: set[Connection] = set()
+        self.closing = False
+        self._links: dict[str, Connection] = {}
+
+    def join(self, conn: Connection, room: str, name: str | None) -> Member:
+        member = self.rooms.join(room, name)
+        self._links[member.peer_id] = conn
+        return member
+
+    def leave(self, peer_id: str) -> Member | None:
+        self._links.pop(peer_id, None)
+        return self.rooms.leave(peer_id)
+
+    def deliver(self, peer_id: str, text: str) -> None:
+        """Queue an encoded frame for a member (nothing happens if it has just gone)."""
+        conn = self._links.get(peer_id)
+        if conn is not None:
+            conn.send_text(text)
+
+    def broadcast(self, room: str, message: ServerMessage, *, exclude: str | None = None) -> None:
+        text = dump_message(message)
+        for member in self.rooms.members(room):
+            if member.peer_id != exclude:
+                self.deliver(member.peer_id, text)
+
+    async def close_all(self, *, code: int, message: bytes) -> None:
+        """Close every socket (graceful shutdown); each handler then cleans up after itself."""
+        self.closing = True
+        conns = list(self.connections)
+        results = await asyncio.gather(
+            *(c.close(code=code, message=message) for c in conns), return_exceptions=True
+        )
+        for conn, result in zip(conns, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("closing %s failed: %r", conn, result)
+
+
+#: Where an app created by ``create_app`` keeps its relay state.
+HUB_KEY = web.AppKey("callbot_relay_hub", Hub)
+
+
+class Connection:
+    """One client socket: a sequential reader, a FIFO outbox and the writer task draining it."""
+
+    def __init__(self, hub: Hub, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self._hub = hub
+        self._ws = ws
+        self._transport = request.transport
+        self._remote = request.remote
+        self._member: Member | None = None
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._queued_bytes = 0
+        self._dead = False  # the writer gave up or the peer was dropped: discard further frames
+        self._writer: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        who = self._member.peer_id if self._member else "unjoined"
+        return f"<Connection {who} from {self._remote}>"
+
+    @property
+    def peer_id(self) -> str | None:
+        return self._member.peer_id if self._member else None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Serve the socket until it closes, then leave the room and stop the writer."""
+        self._hub.connections.add(self)
+        self._writer = asyncio.create_task(
+            self._write_loop(), name=f"callbot-relay-writer-{id(self):x}"
+        )
+        try:
+            if self._hub.closing:  # raced with shutdown: the site was already stopping
+                await self._ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+                return
+            async for msg in self._ws:
+                if msg.type is WSMsgType.TEXT:
+                    self._on_text(msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    self.send(
+                        Error(
+                            code=ErrorCode.BAD_MESSAGE,
+                            message="binary frames are not part of the protocol; "
+                            "send JSON in text frames",
+                        )
+                    )
+                elif msg.type is WSMsgType.ERROR:
+                    log.info("%r: connection error: %r", self, self._ws.exception())
+                    break
+        finally:
+            self._hub.connections.discard(self)
+            self._depart("disconnected")
+            await self._stop_writer()
+
+    async def close(self, *, code: int, message: bytes) -> None:
+        await self._ws.close(code=code, message=message)
+
+    async def _stop_writer(self) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        writer.cancel()
+        try:
+            await writer
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, message: ServerMessage) -> None:
+        self.send_text(dump_message(message))
+
+    def send_text(self, text: str) -> None:
+        """Queue a frame without waiting; a peer that lets its outbox overflow is dropped."""
+        if self._dead:
+            return
+        self._queued_bytes += len(text)
+        if self._queued_bytes > self._hub.settings.max_send_queue_bytes:
+            log.warning(
+                "%r is not reading (%d bytes queued); dropping it", self, self._queued_bytes
+            )
+            self._dead = True
+            # A peer that does not read would never answer a close handshake either: abort.
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        self._outbox.put_nowait(text)
+
+    async def _write_loop(self) -> None:
+        while True:
+            text = await self._outbox.get()
+            try:
+                await self._ws.send_str(text)
+            except ConnectionError as exc:  # the socket is closing; the reader will notice
+                log.debug("%r: send failed: %r", self, exc)
+                self._dead = True
+                return
+            self._queued_bytes -= len(text)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_text(self, data: str) -> None:
+        """Handle one frame; any failure becomes an ``error`` reply and the socket stays up."""
+        ref: MessageId | None = None
+        try:
+            message: ClientMessage = parse_message(
+                data, origin="client", max_bytes=self._hub.settings.max_message_bytes
+            )
+            ref = message.id
+            log.debug("%r: received %s", self, message.type)
+            self._dispatch(message)
+        except ProtocolError as exc:
+            log.debug("%r: refused: %s", self, exc)
+            self.send(
+                Error(code=exc.code, message=exc.message, ref=ref if exc.ref is None else exc.ref)
+            )
+        except Exception:
+            log.exception("%r: internal error while handling a frame", self)
+            self.send(
+                Error(
+                    code=ErrorCode.INTERNAL,
+                    message="internal error while handling this message",
+                    ref=ref,
+                )
+            )
+
+    def _dispatch(self, message: ClientMessage) -> None:
+        match message:
+            case Ping():
+                self.send(Pong(ref=message.id))
+                return
+            case Join():
+                self._join(message)
+                return
+            case StartCall() | AcceptCall() | DeclineCall() | LeaveCall() | EndCall():
+                raise ProtocolError(ErrorCode.UNKNOWN_TYPE, CALLS_UNSUPPORTED)
+        me = self._member
+        if me is None:
+            raise ProtocolError(
+                ErrorCode.NOT_JOINED, f"join a room before sending {message.type!r}"
+            )
+        match message:
+            case Leave():
+                self._depart("left")
+            case ListPeers():
+                peers = [m.info() for m in self._hub.rooms.others(me.peer_id)]
+                self.send(PeerList(peers=peers, ref=message.id))
+            case Offer():
+                self._relay(
+                    me,
+                    message.target_peer_id,
+                    RelayedOffer(from_peer_id=me.peer_id, sdp=message.sdp, call_id=message.call_id),
+                )
+            case Answer():
+                self._relay(
+                    me,
+                    message.target_peer_id,
+                    RelayedAnswer(
+                        from_peer_id=me.peer_id, sdp=message.sdp, call_id=message.call_id
+                    ),
+                )
+            case IceCandidate():
+                self._relay(
+                    me,
+                    message.target_peer_id,
+                    RelayedIceCandidate(
+                        from_peer_id=me.peer_id,
+                        candidate=message.candidate,
+                        sdp_mid=message.sdp_mid,
+                        sdp_m_line_index=message.sdp_m_line_index,
+                    ),
+                )
+            case _:
+                assert_never(message)
+
+    def _join(self, message: Join) -> None:
+        if self._member is not None:
+            raise ProtocolError(
+                ErrorCode.ALREADY_JOINED,
+                f"already in room {self._member.room!r} as {self._member.peer_id}; "
+                "send leave first",
+            )
+        hub = self._hub
+        member = hub.join(self, message.room, message.name)
+        self._member = member
+        others = hub.rooms.others(member.peer_id)
+        self.send(
+            Welcome(
+                peer_id=member.peer_id,
+                room=member.room,
+                peers=[m.info() for m in others],
+                ice_servers=list(hub.settings.ice_servers),
+                resume_token=member.resume_token,
+                ref=message.id,
+            )
+        )
+        hub.broadcast(
+            member.room,
+            PeerJoined(peer_id=member.peer_id, name=member.name),
+            exclude=member.peer_id,
+        )
+        log.info(
+            "%s (%r) joined room %r from %s; %d in the room",
+            member.peer_id,
+            member.name,
+            member.room,
+            self._remote,
+            len(others) + 1,
+        )
+
+    def _depart(self, reason: str) -> None:
+        member = self._member
+        if member is None:
+            return
+        self._member = None
+        self._hub.leave(member.peer_id)
+        self._hub.broadcast(member.room, PeerLeft(peer_id=member.peer_id, reason=reason))
+        log.info("%s left room %r (%s)", member.peer_id, member.room, reason)
+
+    def _relay(
+        self,
+        me: Member,
+        target_id: str,
+        relayed: RelayedOffer | RelayedAnswer | RelayedIceCandidate,
+    ) -> None:
+        target = self._hub.rooms.route(me.peer_id, target_id)
+        text = dump_message(relayed)
+        limit = self._hub.settings.max_message_bytes
+        # JSON escaping can grow a frame (non-ASCII becomes \uXXXX): never send over the cap.
+        # dump_message output is ASCII, so len() counts bytes.
+        if len(text) > limit:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"the relayed {relayed.type} would be {len(text)} bytes; the limit is {limit}",
+            )
+        self._hub.deliver(target.peer_id, text)
+        log.debug(
+            "relayed %s %s -> %s (%d bytes)", relayed.type, me.peer_id, target.peer_id, len(text)
+        )
+
+
+async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
+    """``GET /ws``: upgrade and serve one protocol v1 connection."""
+    hub = request.app[HUB_KEY]
+    ws = web.WebSocketResponse(
+        heartbeat=hub.settings.heartbeat_s,
+        max_msg_size=frame_limit(hub.settings.max_message_bytes),
+    )
+    await ws.prepare(request)
+    await Connection(hub, ws, request).run()
+    return ws

@@ -1,0 +1,127 @@
+"""Room membership and routing: who is where, and may A's message reach B (pure, no I/O).
+
+The relay consults this for every frame; keeping it free of sockets makes the routing rules
+(unique ids, same-room-only delivery, room capacity) testable without a server. Rule violations
+raise :class:`~signaling_server.protocol.ProtocolError` with the code the client should see.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from .protocol import ErrorCode, PeerInfo, ProtocolError
+
+PEER_ID_PREFIX = "p_"
+
+
+def new_peer_id() -> str:
+    """A fresh random peer id (48 random bits: unguessable enough to not be enumerable)."""
+    return PEER_ID_PREFIX + secrets.token_hex(6)
+
+
+def new_resume_token() -> str:
+    """An opaque secret a client may later present to reclaim its peer id."""
+    return secrets.token_urlsafe(24)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Member:
+    """One joined peer."""
+
+    peer_id: str
+    name: str
+    room: str
+    resume_token: str
+
+    def info(self) -> PeerInfo:
+        return PeerInfo(peer_id=self.peer_id, name=self.name)
+
+
+class Rooms:
+    """All rooms of one relay; a room exists while it has at least one member."""
+
+    def __init__(self, *, max_peers_per_room: int) -> None:
+        if max_peers_per_room < 1:
+            raise ValueError("max_peers_per_room must be at least 1")
+        self._max_peers = max_peers_per_room
+        self._members: dict[str, Member] = {}
+        # room -> peer_id -> Member; dicts keep join order, so lists come out oldest first.
+        self._rooms: dict[str, dict[str, Member]] = {}
+
+    @property
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    @property
+    def peer_count(self) -> int:
+        return len(self._members)
+
+    def join(self, room: str, name: str | None = None) -> Member:
+        """Add a new peer to ``room`` (the name defaults to its peer id).
+
+        Raises ``ProtocolError(rate_limited)`` when the room is full: capacity, like a rate, is a
+        limit the client may retry against later.
+        """
+        members = self._rooms.get(room)
+        if members is not None and len(members) >= self._max_peers:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"room {room!r} is full ({self._max_peers} peers); try again later",
+            )
+        peer_id = new_peer_id()
+        while peer_id in self._members:  # 48 random bits: a clash is rare but cheap to rule out
+            peer_id = new_peer_id()
+        member = Member(
+            peer_id=peer_id,
+            name=peer_id if name is None else name,
+            room=room,
+            resume_token=new_resume_token(),
+        )
+        self._members[peer_id] = member
+        self._rooms.setdefault(room, {})[peer_id] = member
+        return member
+
+    def leave(self, peer_id: str) -> Member | None:
+        """Remove a peer; returns it, or ``None`` if it was not (or no longer) a member."""
+        member = self._members.pop(peer_id, None)
+        if member is None:
+            return None
+        members = self._rooms[member.room]
+        del members[peer_id]
+        if not members:
+            del self._rooms[member.room]
+        return member
+
+    def get(self, peer_id: str) -> Member | None:
+        return self._members.get(peer_id)
+
+    def members(self, room: str) -> list[Member]:
+        """Everyone in ``room``, oldest first (empty for a room that does not exist)."""
+        return list(self._rooms.get(room, {}).values())
+
+    def others(self, peer_id: str) -> list[Member]:
+        """The other members of ``peer_id``'s room, oldest first."""
+        member = self._members.get(peer_id)
+        if member is None:
+            return []
+        return [m for m in self._rooms[member.room].values() if m.peer_id != peer_id]
+
+    def route(self, sender_id: str, target_id: str) -> Member:
+        """The target of a relayed message, if the sender may reach it.
+
+        Raises ``ProtocolError``: ``not_joined`` if the sender is not a member, ``unknown_peer``
+        if no such target exists, ``not_in_room`` if the target is in another room (messages never
+        cross rooms).
+        """
+        sender = self._members.get(sender_id)
+        if sender is None:
+            raise ProtocolError(ErrorCode.NOT_JOINED, "join a room first")
+        target = self._members.get(target_id)
+        if target is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_PEER, f"no peer {target_id[:64]!r}")
+        if target.room != sender.room:
+            raise ProtocolError(
+                ErrorCode.NOT_IN_ROOM, f"peer {target_id!r} is not in room {sender.room!r}"
+            )
+        return target
