@@ -52,6 +52,8 @@ from .settings import ServerSettings
 log = logging.getLogger(__name__)
 
 CALLS_UNSUPPORTED = "call lifecycle is not supported by this relay yet"
+#: How long a server-initiated close waits for the client's close frame.
+CLOSE_TIMEOUT_S = 5.0
 
 
 def frame_limit(max_message_bytes: int) -> int:
@@ -123,6 +125,7 @@ class Connection:
         self._queued_bytes = 0
         self._dead = False  # the writer gave up or the peer was dropped: discard further frames
         self._writer: asyncio.Task[None] | None = None
+        self._close_done: asyncio.Event | None = None  # set once close() from outside finished
 
     def __repr__(self) -> str:
         who = self._member.peer_id if self._member else "unjoined"
@@ -162,9 +165,18 @@ class Connection:
             self._hub.connections.discard(self)
             self._depart("disconnected")
             await self._stop_writer()
+            if self._close_done is not None:
+                # Returning would make aiohttp drop the transport mid-handshake; let close()
+                # collect the client's close frame (bounded by CLOSE_TIMEOUT_S).
+                await self._close_done.wait()
 
     async def close(self, *, code: int, message: bytes) -> None:
-        await self._ws.close(code=code, message=message)
+        """Close from another task (shutdown): ends :meth:`run`'s loop, completes the handshake."""
+        done = self._close_done = asyncio.Event()
+        try:
+            await self._ws.close(code=code, message=message)
+        finally:
+            done.set()
 
     async def _stop_writer(self) -> None:
         writer = self._writer
@@ -327,7 +339,8 @@ class Connection:
             return
         self._member = None
         self._hub.leave(member.peer_id)
-        self._hub.broadcast(member.room, PeerLeft(peer_id=member.peer_id, reason=reason))
+        if not self._hub.closing:  # on shutdown everyone is going; the 1001 close says it all
+            self._hub.broadcast(member.room, PeerLeft(peer_id=member.peer_id, reason=reason))
         log.info("%s left room %r (%s)", member.peer_id, member.room, reason)
 
     def _relay(
@@ -356,6 +369,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     """``GET /ws``: upgrade and serve one protocol v1 connection."""
     hub = request.app[HUB_KEY]
     ws = web.WebSocketResponse(
+        timeout=CLOSE_TIMEOUT_S,
         heartbeat=hub.settings.heartbeat_s,
         max_msg_size=frame_limit(hub.settings.max_message_bytes),
     )
