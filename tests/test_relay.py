@@ -6,8 +6,9 @@ import asyncio
 import json
 import logging
 import socket
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -19,7 +20,7 @@ from signaling_server import (
     serve_forever,
     start_server,
 )
-from signaling_server.handlers import CALLS_UNSUPPORTED
+from signaling_server.handlers import CALLS_UNSUPPORTED, HUB_KEY, Connection, Hub
 from signaling_server.protocol import (
     MAX_MESSAGE_BYTES,
     MAX_NAME_LENGTH,
@@ -215,6 +216,106 @@ async def test_abruptly_dropped_socket_is_peer_left_disconnected(connect: Connec
     sock = b.ws.get_extra_info("socket")
     sock.shutdown(socket.SHUT_RDWR)  # no close frame: like a crashed client
     await a.expect("peer_left", peer_id=b.peer_id, reason="disconnected")
+
+
+async def test_sending_to_a_vanishing_peer_does_not_disturb_the_sender(connect: Connect) -> None:
+    a, b, c = await _joined(connect, "r", "a", "b", "c")
+    b.ws.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+    for i in range(50):  # some land while b's socket is closing, some after b is gone
+        await a.send(type="offer", target_peer_id=b.peer_id, sdp=SDP, id=i)
+    await a.send(type="ping", id="probe")
+    frames = []
+    while (frame := await a.recv())["type"] != "pong":
+        frames.append(frame)
+    if not frames or frames[0]["type"] != "peer_left":  # b's departure was noticed later
+        frames.insert(0, await a.expect("peer_left"))
+    assert frames[0] == {"type": "peer_left", "peer_id": b.peer_id, "reason": "disconnected"}
+    # Offers handled once b was gone were refused, in order; earlier ones vanished quietly.
+    assert all(f["type"] == "error" and f["code"] == "unknown_peer" for f in frames[1:])
+    refs = [f["ref"] for f in frames[1:]]
+    assert refs == list(range(50 - len(refs), 50))
+    await c.expect("peer_left", peer_id=b.peer_id)
+    await a.ping_roundtrip()
+
+
+class FakeSocket:
+    """Stands in for the server side of a WebSocket, to pin down the closing-socket path."""
+
+    def __init__(self, *, closing: bool) -> None:
+        self.closing = closing
+        self.inbox: asyncio.Queue[aiohttp.WSMessage | None] = asyncio.Queue()
+        self.sent: list[dict[str, Any]] = []
+        self.got_frame = asyncio.Event()
+
+    def feed(self, **fields: Any) -> None:
+        self.inbox.put_nowait(aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, json.dumps(fields), None))
+
+    def __aiter__(self) -> FakeSocket:
+        return self
+
+    async def __anext__(self) -> aiohttp.WSMessage:
+        msg = await self.inbox.get()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    async def send_str(self, data: str) -> None:
+        if self.closing:  # what aiohttp raises once the socket is closing
+            raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+        self.sent.append(json.loads(data))
+        self.got_frame.set()
+
+    def exception(self) -> BaseException | None:
+        return None
+
+
+async def test_sending_to_a_closing_socket_does_not_disturb_the_sender() -> None:
+    hub = Hub(ServerSettings(port=0))
+    request: Any = types.SimpleNamespace(transport=None, remote="test")
+    closing, sender = FakeSocket(closing=True), FakeSocket(closing=False)
+    tasks = [
+        asyncio.create_task(Connection(hub, cast(Any, ws), request).run())
+        for ws in (closing, sender)
+    ]
+
+    async def next_frame(ws: FakeSocket) -> dict[str, Any]:
+        async with asyncio.timeout(5):
+            while not ws.sent:
+                ws.got_frame.clear()
+                await ws.got_frame.wait()
+        return ws.sent.pop(0)
+
+    closing.feed(type="join", room="r")  # its welcome already fails to send
+    sender.feed(type="join", room="r")
+    welcome = await next_frame(sender)
+    (target,) = welcome["peers"]
+    for i in range(20):
+        sender.feed(type="offer", target_peer_id=target["peer_id"], sdp=SDP, id=i)
+    sender.feed(type="ping", id="after")
+    assert await next_frame(sender) == {"type": "pong", "ref": "after"}  # no error, no crash
+    closing.inbox.put_nowait(None)  # the closing socket's reader ends
+    assert await next_frame(sender) == {
+        "type": "peer_left", "peer_id": target["peer_id"], "reason": "disconnected"
+    }  # fmt: skip
+    sender.inbox.put_nowait(None)
+    await asyncio.gather(*tasks)
+    assert hub.rooms.peer_count == 0
+    assert hub.connections == set()
+
+
+async def test_peer_missing_heartbeats_is_dropped() -> None:
+    settings = ServerSettings(port=0, heartbeat_s=0.2)
+    async with start_server(settings) as running, aiohttp.ClientSession() as session:
+        # autoping=False: this client never answers the relay's pings.
+        mute = Client(await session.ws_connect(running.ws_url, autoping=False))
+        await mute.join("r")
+        live = Client(await session.ws_connect(running.ws_url))
+        await live.join("r")
+        # `live` answers pings while it waits (aiohttp does so inside receive()).
+        await live.expect("peer_left", peer_id=mute.peer_id, reason="disconnected")
+        await live.ping_roundtrip()
+        for client in (mute, live):
+            await client.ws.close()
 
 
 async def test_list_peers_lists_the_others(connect: Connect) -> None:
@@ -707,7 +808,5 @@ async def test_no_task_left_pending_after_the_server_closes() -> None:
 
 async def test_create_app_keeps_state_per_app() -> None:
     first, second = create_app(ServerSettings(port=0)), create_app(ServerSettings(port=0))
-    from signaling_server.handlers import HUB_KEY
-
     assert first[HUB_KEY] is not second[HUB_KEY]
     assert first[HUB_KEY].rooms.peer_count == 0
