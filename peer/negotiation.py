@@ -86,7 +86,8 @@ class PeerLink:
         self._send = send
         self._on_track = on_track
         self._on_change = on_change
-        self.pc = RTCPeerConnection(configuration=rtc_configuration(options.ice_servers))
+        self.configuration = rtc_configuration(options.ice_servers)
+        self.pc = RTCPeerConnection(configuration=self.configuration)
         self._rings: list[Any] = []
         self._remote_tracks: list[RemoteTrack] = []
         self._drains: set[asyncio.Task[None]] = set()
@@ -210,6 +211,10 @@ class PeerLink:
     # ------------------------------------------------------------------ aiortc callbacks (sync)
 
     def _track_event(self, track: Any) -> None:
+        if not self._options.receive:
+            # aiortc announces a track for every m-line the remote offers to send on, before our
+            # answer makes it inactive; a publish-only participant never gets frames on it.
+            return
         capacity = (
             self._options.video_buffer_frames
             if track.kind == "video"

@@ -64,7 +64,11 @@ async def test_two_participants_exchange_stamped_video_and_audio(relay: RunningS
         for p, other in ((alice, bob), (bob, alice)):
             link = p.link(other.peer_id)
             assert link is not None
-            assert link.pc.getConfiguration().iceServers == []
+            assert link.configuration.iceServers == []
+            for transceiver in link.pc.getTransceivers():
+                # The aioice connection that would contact STUN/TURN knows of none.
+                ice = transceiver.receiver.transport.transport.iceGatherer._connection
+                assert ice.stun_server is None and ice.turn_server is None
             for sdp in (link.pc.localDescription.sdp, link.pc.remoteDescription.sdp):
                 candidates = [ln for ln in sdp.splitlines() if ln.startswith("a=candidate:")]
                 assert candidates
