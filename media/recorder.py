@@ -31,6 +31,7 @@ import av
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
+from av.video.reformatter import VideoReformatter
 
 from . import _yuv
 from .errors import RecorderError
@@ -136,6 +137,7 @@ class _Writer:
         self._vstream: av.video.stream.VideoStream | None = None
         self._astream: av.audio.stream.AudioStream | None = None
         self._resampler: av.AudioResampler | None = None
+        self._reformatter = VideoReformatter()  # reused: building a scaler costs ~1 ms
         self._t0: float | None = None
         self._clocks = {"video": _TrackClock(), "audio": _TrackClock()}
         self._last_vpts: int | None = None
@@ -259,7 +261,7 @@ class _Writer:
         stream = self._vstream
         assert stream is not None
         width, height = stream.codec_context.width, stream.codec_context.height
-        out = frame.reformat(width=width, height=height, format="yuv420p")
+        out = self._reformatter.reformat(frame, width=width, height=height, format="yuv420p")
         if out is frame:  # never touch a frame other consumers may share: copy it
             buf = np.concatenate([p.reshape(-1) for p in _yuv.planes_of(frame)])
             out = _yuv.to_frame(buf, width, height)

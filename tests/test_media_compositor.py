@@ -1,0 +1,217 @@
+"""GridCompositor: tiles carry readable stamps, inputs come and go, nothing queues or leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import time
+from collections.abc import Callable
+
+import av
+import numpy as np
+import pytest
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from media import (
+    ClosedError,
+    GridCompositor,
+    PatternVideoTrack,
+    Rect,
+    ToneAudioTrack,
+    read_stamp,
+)
+
+
+def _other_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+def _bots(n: int, fps: float = 15) -> list[PatternVideoTrack]:
+    return [
+        PatternVideoTrack(width=320, height=240, fps=fps, label=f"bot {i}", seed=i)
+        for i in range(n)
+    ]
+
+
+async def test_tiles_carry_each_inputs_stamps() -> None:
+    bots = _bots(3)
+    async with GridCompositor(width=640, height=360, fps=15) as comp:
+        for bot in bots:
+            comp.add_track(bot, label=bot.id[:4])
+        labels = [bot.id[:4] for bot in bots]
+        seen: dict[str, list[int]] = {label: [] for label in labels}
+        pts = []
+        for _ in range(16):
+            frame = await comp.output.recv()
+            assert isinstance(frame, av.VideoFrame)
+            assert (frame.width, frame.height, frame.format.name) == (640, 360, "yuv420p")
+            assert frame.time_base == fractions.Fraction(1, 90000)
+            pts.append(frame.pts)
+            layout = comp.layout()
+            assert [label for label, _ in layout] == labels
+            for label, rect in layout:
+                stamp = read_stamp(frame, rect)
+                if stamp is not None:
+                    seen[label].append(stamp.frame_number)
+        # Tiles are 240x180 (downscaled from 320x240), letterboxed in 320x180 cells.
+        assert [rect for _, rect in comp.layout()] == [
+            Rect(40, 0, 240, 180),
+            Rect(360, 0, 240, 180),
+            Rect(40, 180, 240, 180),
+        ]
+        for label, numbers in seen.items():
+            assert len(numbers) >= 12, (label, numbers)
+            assert numbers == sorted(numbers)  # never goes back in time
+            assert numbers[-1] - numbers[0] >= 10  # and keeps moving
+        assert pts == sorted(pts) and pts[1] - pts[0] == 6000
+        # Each tile shows its own input: background chroma differs per seed.
+        u_plane = frame.to_ndarray()[360 : 360 + 90].reshape(180, 320)
+        tile_u = [
+            float(u_plane[r.y // 2 + 30 : r.bottom // 2 - 10, r.x // 2 : r.right // 2].mean())
+            for _, r in comp.layout()
+        ]
+        assert max(tile_u) - min(tile_u) > 10
+        stats = comp.stats()
+        assert set(stats) == set(labels)
+        for label, st in stats.items():
+            assert st.label == label
+            assert st.frames >= 14
+            assert st.fps == pytest.approx(15, rel=0.25)
+    assert _other_tasks() == []
+    for bot in bots:
+        bot.stop()
+
+
+async def test_ended_input_is_removed_and_removal_works() -> None:
+    a, b, c = _bots(3, fps=30)
+    comp = GridCompositor(width=320, height=180, fps=30)
+    comp.add_track(a, label="a")
+    comp.add_track(b, label="b")
+    comp.add_track(c, label="c")
+    await _until(lambda: all(s.frames > 0 for s in comp.stats().values()))
+    b.stop()  # its recv now raises MediaStreamError: the input must go away by itself
+    await _until(lambda: [label for label, _ in comp.layout()] == ["a", "c"])
+    comp.remove_track(a)
+    assert [label for label, _ in comp.layout()] == ["c"]
+    assert comp.layout()[0][1] == Rect(40, 0, 240, 180)  # the survivor takes the whole canvas
+    comp.remove_track(a)  # removing twice is harmless
+    frame = await comp.output.recv()
+    assert read_stamp(frame, comp.layout()[0][1]) is not None
+    await comp.aclose()
+    await comp.aclose()
+    assert _other_tasks() == []
+    with pytest.raises(MediaStreamError):
+        await comp.output.recv()
+    with pytest.raises(ClosedError):
+        comp.add_track(a, label="again")
+    for track in (a, c):
+        track.stop()
+
+
+async def test_slow_consumer_keeps_only_latest_frame() -> None:
+    bots = _bots(2, fps=30)
+    async with GridCompositor(width=320, height=240, fps=30) as comp:
+        for i, bot in enumerate(bots):
+            comp.add_track(bot, label=str(i))
+        await asyncio.sleep(0.6)  # nobody reads the output meanwhile
+        for bot, st in zip(bots, comp.stats().values(), strict=True):
+            # The reader drained the source at its own pace (nothing piled up upstream)...
+            assert st.frames >= 12
+            assert bot.frames_sent - st.frames <= 1
+            # ...and held one frame at a time: every frame but the newest was discarded.
+            assert st.dropped == st.frames - 1
+        sent_before = [bot.frames_sent for bot in bots]
+        frame = await comp.output.recv()
+        for (_, rect), sent in zip(comp.layout(), sent_before, strict=True):
+            stamp = read_stamp(frame, rect)
+            assert stamp is not None
+            assert stamp.frame_number >= sent - 1  # the newest frame, not an old one
+    for bot in bots:
+        bot.stop()
+    assert _other_tasks() == []
+
+
+async def test_layout_before_first_frame_and_validation() -> None:
+    async with GridCompositor(width=640, height=360) as comp:
+        assert comp.layout() == []
+        blank = await comp.output.recv()
+        y = blank.to_ndarray()[:360]
+        assert int(y.max()) == 16  # black canvas when there are no inputs
+        track = PatternVideoTrack(width=320, height=240)
+        comp.add_track(track, label="x")
+        assert comp.layout() == [("x", Rect(0, 0, 640, 360))]  # no frame yet: the whole cell
+        with pytest.raises(ValueError, match="already an input"):
+            comp.add_track(track, label="y")
+        with pytest.raises(ValueError, match="label"):
+            comp.add_track(PatternVideoTrack(), label="x")
+        tone = ToneAudioTrack()
+        with pytest.raises(ValueError, match="video"):
+            comp.add_track(tone, label="tone")
+        track.stop()
+    with pytest.raises(ValueError, match="even"):
+        GridCompositor(width=641)
+    with pytest.raises(ValueError, match="fps"):
+        GridCompositor(fps=0)
+
+
+class _BrokenTrack(MediaStreamTrack):
+    kind = "video"
+
+    async def recv(self) -> av.VideoFrame:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("decoder exploded")
+
+
+async def test_failing_input_is_logged_and_removed(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="media.compositor")
+    async with GridCompositor(width=320, height=180) as comp:
+        comp.add_track(_BrokenTrack(), label="broken")
+        await _until(lambda: comp.layout() == [])
+        await asyncio.sleep(0)
+    assert "input reader failed" in caplog.text
+    assert _other_tasks() == []
+
+
+async def test_output_is_paced_and_composed_off_loop() -> None:
+    bots = [PatternVideoTrack(width=640, height=480, fps=30, seed=i) for i in range(3)]
+    async with GridCompositor(width=1280, height=720, fps=30) as comp:
+        for i, bot in enumerate(bots):
+            comp.add_track(bot, label=f"b{i}")
+        await _until(lambda: all(s.frames > 0 for s in comp.stats().values()))
+        ticks = []
+        loop_lag = 0.0
+
+        async def watch_loop() -> None:
+            nonlocal loop_lag
+            while True:
+                t0 = time.monotonic()
+                await asyncio.sleep(0.005)
+                loop_lag = max(loop_lag, time.monotonic() - t0 - 0.005)
+
+        watcher = asyncio.create_task(watch_loop())
+        try:
+            start = time.monotonic()
+            for _ in range(10):
+                frame = await comp.output.recv()
+                ticks.append(time.monotonic() - start)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        assert 9 / 30 * 0.9 <= ticks[-1] < 9 / 30 + 0.3
+        for _, rect in comp.layout():
+            assert read_stamp(frame, rect) is not None
+        y = np.asarray(frame.to_ndarray()[:720])
+        assert y.shape == (720, 1280)
+        assert loop_lag < 0.05  # compositing ran in a worker thread, not on the loop
+    for bot in bots:
+        bot.stop()
