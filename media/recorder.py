@@ -35,6 +35,7 @@ from av.video.reformatter import VideoReformatter
 
 from . import _yuv
 from .errors import RecorderError
+from .layout import Rect, fit
 
 __all__ = ["SUPPORTED_EXTENSIONS", "Recorder", "RecordingInfo"]
 
@@ -260,11 +261,7 @@ class _Writer:
     def _write_video(self, frame: av.VideoFrame, at: float) -> None:
         stream = self._vstream
         assert stream is not None
-        width, height = stream.codec_context.width, stream.codec_context.height
-        out = self._reformatter.reformat(frame, width=width, height=height, format="yuv420p")
-        if out is frame:  # never touch a frame other consumers may share: copy it
-            buf = np.concatenate([p.reshape(-1) for p in _yuv.planes_of(frame)])
-            out = _yuv.to_frame(buf, width, height)
+        out = self._fit(frame, stream.codec_context.width, stream.codec_context.height)
         pts = max(0, round(at / _VIDEO_TB))
         if self._last_vpts is not None and pts < self._last_vpts + _MIN_VIDEO_STEP:
             pts = self._last_vpts + _MIN_VIDEO_STEP
@@ -273,6 +270,25 @@ class _Writer:
         out.time_base = _VIDEO_TB
         self.container.mux(stream.encode(out))
         self.video_frames += 1
+
+    def _fit(self, frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+        """A new yuv420p frame of the output size; another aspect ratio is letterboxed."""
+        rect = fit(frame.width, frame.height, Rect(0, 0, width, height))
+        if (rect.w, rect.h) == (width, height) or rect.w < 2 or rect.h < 2:
+            out = self._reformatter.reformat(frame, width=width, height=height, format="yuv420p")
+            if out is not frame:
+                return out
+            # Never set pts on a frame other consumers may share: copy it.
+            buf = np.concatenate([p.reshape(-1) for p in _yuv.planes_of(frame)])
+            return _yuv.to_frame(buf, width, height)
+        scaled = self._reformatter.reformat(frame, width=rect.w, height=rect.h, format="yuv420p")
+        buf = _yuv.alloc(width, height)
+        y, u, v = _yuv.views(buf, width, height)
+        sy, su, sv = _yuv.planes_of(scaled)
+        y[rect.y : rect.bottom, rect.x : rect.right] = sy
+        u[rect.y // 2 : rect.bottom // 2, rect.x // 2 : rect.right // 2] = su
+        v[rect.y // 2 : rect.bottom // 2, rect.x // 2 : rect.right // 2] = sv
+        return _yuv.to_frame(buf, width, height)
 
     def _write_audio(self, frame: av.AudioFrame, at: float) -> None:
         stream, resampler = self._astream, self._resampler
@@ -340,7 +356,8 @@ class Recorder:
 
     ``.mkv`` (H.264 + Opus, recommended), ``.mp4``/``.mov`` (fragmented MP4, H.264 + AAC),
     ``.webm`` (VP8 + Opus). The output size is ``width`` x ``height`` if given, else the first
-    video frame's; later frames of another size are scaled. ``fps`` sets the keyframe interval
+    video frame's; later frames of another size are scaled (letterboxed if the aspect ratio
+    differs). ``fps`` sets the keyframe interval
     and the nominal rate; actual timing follows the frames. Tracks are borrowed, never stopped.
     """
 
@@ -445,7 +462,13 @@ class Recorder:
         # av only creates the file when the header is written; fail here instead.
         with open(self._path, "wb"):
             pass
-        options = {"flush_packets": "1", **self._profile.options}
+        options = {
+            "flush_packets": "1",
+            # The interleaver waits for every stream; if one stalls (a muted or ended track)
+            # it would hold the others back for its default 10 s. Cap that at one flush period.
+            "max_interleave_delta": str(_FLUSH_S * 1_000_000),
+            **self._profile.options,
+        }
         container: av.container.OutputContainer = av.open(
             str(self._path), mode="w", format=self._profile.format, container_options=options
         )
@@ -464,6 +487,10 @@ class Recorder:
         except MediaStreamError:
             logger.debug("recorder %s track ended", kind)
             self._enqueue((kind, None, time.monotonic()))
+        except Exception:
+            logger.exception("recorder %s reader failed; aclose() will raise", kind)
+            self._enqueue((kind, None, time.monotonic()))
+            raise
 
     def _enqueue(self, item: _Item) -> None:
         try:
@@ -486,7 +513,7 @@ class Recorder:
             except asyncio.CancelledError:
                 self._closing.cancel()
                 raise
-            except RecorderError as exc:
+            except Exception as exc:
                 self._closing.set_exception(exc)
                 self._closing.exception()  # mark retrieved: this caller gets it raised
                 raise
@@ -498,7 +525,7 @@ class Recorder:
         for task in self._tasks:
             task.cancel()
         results = await asyncio.gather(*self._tasks, return_exceptions=True)
-        reader_errors = [r for r in results if isinstance(r, RecorderError)]
+        reader_errors = [r for r in results if isinstance(r, Exception)]
         writer, thread = self._writer, self._thread
         if writer is not None and thread is not None:
             await asyncio.to_thread(self._items.put, None)
@@ -511,7 +538,9 @@ class Recorder:
             dropped_frames=self.dropped_frames,
         )
         if reader_errors:
-            raise reader_errors[0]
+            raise RecorderError(
+                f"reading a track for {self._path} failed: {reader_errors[0]}"
+            ) from (reader_errors[0])
         if writer is not None and writer.error is not None:
             raise RecorderError(f"recording to {self._path} failed: {writer.error}") from (
                 writer.error
