@@ -16,63 +16,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import av
-import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
-from av.video.reformatter import VideoReformatter
 
 from . import _yuv
+from ._writer import FLUSH_S, Item, Kind, Profile, Writer
 from .errors import RecorderError
-from .layout import Rect, fit
 
 __all__ = ["SUPPORTED_EXTENSIONS", "Recorder", "RecordingInfo"]
 
 logger = logging.getLogger(__name__)
 
-_VIDEO_TB = fractions.Fraction(1, 90000)
-_MIN_VIDEO_STEP = 90  # 1 ms in 1/90000: keeps pts strictly increasing after rescale to 1/1000
-_AUDIO_RATE = 48000
-_AUDIO_TB = fractions.Fraction(1, _AUDIO_RATE)
-_HEADER_TIMEOUT_S = 2.0  # how long to wait for every track's first frame before writing headers
-_FALLBACK_SIZE = (640, 480)
-_RESYNC_S = 2.0  # a track whose pts disagree with arrival time by more is re-anchored
-_AUDIO_GAP_S = 0.1  # audio gaps longer than this are filled with silence
-_AUDIO_AHEAD_S = 0.5  # audio arriving this far behind what was written is dropped
-_FLUSH_S = 1  # cluster / fragment length, the amount of media a crash may lose
-
-_Kind = Literal["video", "audio"]
-
-
-@dataclass(frozen=True, slots=True)
-class _Profile:
-    format: str
-    video_codec: str
-    audio_codec: str
-    options: dict[str, str] = field(default_factory=dict)
-
-
-_MATROSKA_OPTS = {"cluster_time_limit": str(_FLUSH_S * 1000)}
+_MATROSKA_OPTS = {"cluster_time_limit": str(FLUSH_S * 1000)}
 _FRAG_MP4_OPTS = {
     "movflags": "frag_keyframe+empty_moov+default_base_moof",
-    "frag_duration": str(_FLUSH_S * 1_000_000),
+    "frag_duration": str(FLUSH_S * 1_000_000),
 }
 _PROFILES = {
-    ".mkv": _Profile("matroska", "libx264", "libopus", _MATROSKA_OPTS),
-    ".mp4": _Profile("mp4", "libx264", "aac", _FRAG_MP4_OPTS),
-    ".mov": _Profile("mov", "libx264", "aac", _FRAG_MP4_OPTS),
-    ".webm": _Profile("webm", "libvpx", "libopus", _MATROSKA_OPTS),
+    ".mkv": Profile("matroska", "libx264", "libopus", _MATROSKA_OPTS),
+    ".mp4": Profile("mp4", "libx264", "aac", _FRAG_MP4_OPTS),
+    ".mov": Profile("mov", "libx264", "aac", _FRAG_MP4_OPTS),
+    ".webm": Profile("webm", "libvpx", "libopus", _MATROSKA_OPTS),
 }
 SUPPORTED_EXTENSIONS = tuple(_PROFILES)
 
@@ -87,268 +60,6 @@ class RecordingInfo:
     duration_s: float
     dropped_frames: int = 0
     """Frames lost because the writer fell behind (the bounded queue dropped the oldest)."""
-
-
-_Item = tuple[_Kind, av.VideoFrame | av.AudioFrame | None, float]
-
-
-class _TrackClock:
-    """Maps one track's frame timestamps onto the recording timeline (seconds)."""
-
-    def __init__(self) -> None:
-        self._anchor: tuple[float, float] | None = None  # (recording time, frame time)
-
-    def time_of(self, frame: av.VideoFrame | av.AudioFrame, arrival: float) -> float:
-        if frame.pts is None or frame.time_base is None:
-            return arrival
-        media = float(frame.pts * frame.time_base)
-        if self._anchor is None or abs(self._anchor[0] + media - self._anchor[1] - arrival) > (
-            _RESYNC_S
-        ):
-            # First frame, or a timestamp jump (source loop, RTP reset): trust arrival time.
-            self._anchor = (arrival, media)
-        return self._anchor[0] + media - self._anchor[1]
-
-
-class _Writer:
-    """Everything here runs in the writer thread, except ``__init__``."""
-
-    def __init__(
-        self,
-        container: av.container.OutputContainer,
-        profile: _Profile,
-        *,
-        want_video: bool,
-        want_audio: bool,
-        fps: float,
-        size: tuple[int, int] | None,
-        items: queue.Queue[_Item | None],
-    ) -> None:
-        self.container = container
-        self.profile = profile
-        self.want_video = want_video
-        self.want_audio = want_audio
-        self.fps = fps
-        self.size = size
-        self.items = items
-        self.error: BaseException | None = None
-        self.video_frames = 0
-        self.audio_frames = 0
-        self.dropped = 0
-        self._vstream: av.video.stream.VideoStream | None = None
-        self._astream: av.audio.stream.AudioStream | None = None
-        self._resampler: av.AudioResampler | None = None
-        self._reformatter = VideoReformatter()  # reused: building a scaler costs ~1 ms
-        self._t0: float | None = None
-        self._clocks = {"video": _TrackClock(), "audio": _TrackClock()}
-        self._last_vpts: int | None = None
-        self._audio_written = 0  # samples at 48 kHz handed to the encoder
-        self._pending: list[_Item] = []
-        self._seen: set[_Kind] = set()
-        self._started_at = time.monotonic()
-        self._headers = False
-
-    # -- thread body -------------------------------------------------------------------------
-
-    def run(self) -> None:
-        while True:
-            try:
-                item = self.items.get(timeout=None if self._headers else 0.1)
-            except queue.Empty:  # still waiting for first frames: check the header deadline
-                self._guard(self._maybe_start)
-                continue
-            if item is None:
-                break
-            self._guard(self._handle, item)
-        self._guard(self._finish)
-        with contextlib.suppress(av.FFmpegError, OSError):
-            self.container.close()
-
-    def _guard(self, step: Callable[..., None], *args: object) -> None:
-        """Run one step; after the first failure only drain, so the loop never blocks on us."""
-        if self.error is not None:
-            return
-        try:
-            step(*args)
-        except Exception as exc:  # reported by Recorder.aclose as RecorderError
-            logger.exception("recorder writer failed")
-            self.error = exc
-
-    # -- header ------------------------------------------------------------------------------
-
-    def _handle(self, item: _Item) -> None:
-        if self._headers:
-            self._write(item)
-            return
-        kind, frame, _ = item
-        self._seen.add(kind)
-        if frame is not None:
-            self._pending.append(item)
-            if len(self._pending) > 500:
-                self._pending.pop(0)
-                self.dropped += 1
-        self._maybe_start()
-
-    def _maybe_start(self) -> None:
-        waiting = (self.want_video and "video" not in self._seen) or (
-            self.want_audio and "audio" not in self._seen
-        )
-        if waiting and time.monotonic() - self._started_at < _HEADER_TIMEOUT_S:
-            return
-        self._open_streams()
-        pending, self._pending = self._pending, []
-        for item in pending:
-            self._write(item)
-
-    def _first_video(self) -> av.VideoFrame | None:
-        return next((f for _, f, _ in self._pending if isinstance(f, av.VideoFrame)), None)
-
-    def _first_audio(self) -> av.AudioFrame | None:
-        return next((f for _, f, _ in self._pending if isinstance(f, av.AudioFrame)), None)
-
-    def _open_streams(self) -> None:
-        self._headers = True
-        if self.want_video:
-            first = self._first_video()
-            if self.size is not None:
-                width, height = self.size
-            elif first is not None:
-                width, height = first.width & ~1, first.height & ~1
-            else:
-                width, height = _FALLBACK_SIZE
-            rate = fractions.Fraction(self.fps).limit_denominator(1001)
-            vs = self.container.add_stream(self.profile.video_codec, rate=rate)
-            assert isinstance(vs, av.video.stream.VideoStream)
-            cc = vs.codec_context
-            cc.width, cc.height = width, height
-            cc.pix_fmt = "yuv420p"
-            cc.time_base = _VIDEO_TB
-            cc.gop_size = max(1, round(self.fps * _FLUSH_S))
-            if self.profile.video_codec == "libx264":
-                cc.options = {"preset": "ultrafast", "tune": "zerolatency"}
-            else:
-                cc.bit_rate = max(500_000, int(0.1 * width * height * self.fps))
-                cc.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
-            self._vstream = vs
-        if self.want_audio:
-            first_audio = self._first_audio()
-            mono = first_audio is not None and first_audio.layout.nb_channels == 1
-            layout = "mono" if mono else "stereo"
-            astream = self.container.add_stream(self.profile.audio_codec, rate=_AUDIO_RATE)
-            assert isinstance(astream, av.audio.stream.AudioStream)
-            astream.codec_context.layout = layout
-            astream.codec_context.time_base = _AUDIO_TB
-            self._astream = astream
-            self._resampler = av.AudioResampler(
-                format="s16", layout=layout, rate=_AUDIO_RATE, frame_size=960
-            )
-        self.container.start_encoding()
-
-    # -- media -------------------------------------------------------------------------------
-
-    def _write(self, item: _Item) -> None:
-        kind, frame, arrival = item
-        if frame is None:
-            return
-        if self._t0 is None:
-            self._t0 = arrival
-        at = self._clocks[kind].time_of(frame, arrival - self._t0)
-        if isinstance(frame, av.VideoFrame) and self._vstream is not None:
-            self._write_video(frame, at)
-        elif isinstance(frame, av.AudioFrame) and self._astream is not None:
-            self._write_audio(frame, at)
-
-    def _write_video(self, frame: av.VideoFrame, at: float) -> None:
-        stream = self._vstream
-        assert stream is not None
-        out = self._fit(frame, stream.codec_context.width, stream.codec_context.height)
-        pts = max(0, round(at / _VIDEO_TB))
-        if self._last_vpts is not None and pts < self._last_vpts + _MIN_VIDEO_STEP:
-            pts = self._last_vpts + _MIN_VIDEO_STEP
-        self._last_vpts = pts
-        out.pts = pts
-        out.time_base = _VIDEO_TB
-        self.container.mux(stream.encode(out))
-        self.video_frames += 1
-
-    def _fit(self, frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
-        """A new yuv420p frame of the output size; another aspect ratio is letterboxed."""
-        rect = fit(frame.width, frame.height, Rect(0, 0, width, height))
-        if (rect.w, rect.h) == (width, height) or rect.w < 2 or rect.h < 2:
-            out = self._reformatter.reformat(frame, width=width, height=height, format="yuv420p")
-            if out is not frame:
-                return out
-            # Never set pts on a frame other consumers may share: copy it.
-            buf = np.concatenate([p.reshape(-1) for p in _yuv.planes_of(frame)])
-            return _yuv.to_frame(buf, width, height)
-        scaled = self._reformatter.reformat(frame, width=rect.w, height=rect.h, format="yuv420p")
-        buf = _yuv.alloc(width, height)
-        y, u, v = _yuv.views(buf, width, height)
-        sy, su, sv = _yuv.planes_of(scaled)
-        y[rect.y : rect.bottom, rect.x : rect.right] = sy
-        u[rect.y // 2 : rect.bottom // 2, rect.x // 2 : rect.right // 2] = su
-        v[rect.y // 2 : rect.bottom // 2, rect.x // 2 : rect.right // 2] = sv
-        return _yuv.to_frame(buf, width, height)
-
-    def _write_audio(self, frame: av.AudioFrame, at: float) -> None:
-        stream, resampler = self._astream, self._resampler
-        assert stream is not None and resampler is not None
-        written = self._audio_written / _AUDIO_RATE
-        if at - written > _AUDIO_GAP_S:
-            self._encode_audio(self._resample(_silence_like(frame, at - written)))
-        elif written - at > _AUDIO_AHEAD_S:
-            self.dropped += 1
-            return
-        self._encode_audio(self._resample(frame))
-        self.audio_frames += 1
-
-    def _resample(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
-        assert self._resampler is not None
-        try:
-            out: list[av.AudioFrame] = self._resampler.resample(frame)
-        except ValueError:  # input format changed mid-stream
-            layout = self._resampler.layout
-            self._resampler = av.AudioResampler(
-                format="s16", layout=layout, rate=_AUDIO_RATE, frame_size=960
-            )
-            out = self._resampler.resample(frame)
-        return out
-
-    def _encode_audio(self, frames: list[av.AudioFrame]) -> None:
-        assert self._astream is not None
-        for out in frames:
-            out.pts = self._audio_written
-            out.time_base = _AUDIO_TB
-            self._audio_written += out.samples
-            self.container.mux(self._astream.encode(out))
-
-    def _finish(self) -> None:
-        if not self._headers:
-            self._open_streams()
-            for item in self._pending:
-                self._write(item)
-            self._pending = []
-        if self._resampler is not None and self._astream is not None:
-            self._encode_audio(self._resampler.resample(None))
-        for stream in (self._vstream, self._astream):
-            if stream is not None:
-                self.container.mux(stream.encode(None))
-
-    @property
-    def duration_s(self) -> float:
-        video = 0.0
-        if self._last_vpts is not None:
-            video = float(self._last_vpts * _VIDEO_TB) + 1 / self.fps
-        return max(video, self._audio_written / _AUDIO_RATE)
-
-
-def _silence_like(frame: av.AudioFrame, seconds: float) -> av.AudioFrame:
-    samples = max(1, int(seconds * frame.sample_rate))
-    silent = av.AudioFrame(format=frame.format.name, layout=frame.layout.name, samples=samples)
-    for plane in silent.planes:
-        plane.update(bytes(plane.buffer_size))
-    silent.sample_rate = frame.sample_rate
-    return silent
 
 
 class Recorder:
@@ -396,8 +107,8 @@ class Recorder:
         self._fps = float(fps)
         self._size = (width, height) if width is not None and height is not None else None
         capacity = (int(self._fps * 2) if video else 0) + (100 if audio else 0)
-        self._items: queue.Queue[_Item | None] = queue.Queue(maxsize=capacity)
-        self._writer: _Writer | None = None
+        self._items: queue.Queue[Item | None] = queue.Queue(maxsize=capacity)
+        self._writer: Writer | None = None
         self._thread: threading.Thread | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._dropped = 0
@@ -439,7 +150,7 @@ class Recorder:
             container = await asyncio.to_thread(self._open)
         except (OSError, av.FFmpegError, ValueError) as exc:
             raise RecorderError(f"cannot record to {self._path}: {exc}") from exc
-        self._writer = _Writer(
+        self._writer = Writer(
             container,
             self._profile,
             want_video=self._video is not None,
@@ -466,7 +177,7 @@ class Recorder:
             "flush_packets": "1",
             # The interleaver waits for every stream; if one stalls (a muted or ended track)
             # it would hold the others back for its default 10 s. Cap that at one flush period.
-            "max_interleave_delta": str(_FLUSH_S * 1_000_000),
+            "max_interleave_delta": str(FLUSH_S * 1_000_000),
             **self._profile.options,
         }
         container: av.container.OutputContainer = av.open(
@@ -474,7 +185,7 @@ class Recorder:
         )
         return container
 
-    async def _read(self, kind: _Kind, track: MediaStreamTrack) -> None:
+    async def _read(self, kind: Kind, track: MediaStreamTrack) -> None:
         try:
             while True:
                 frame = await track.recv()
@@ -492,7 +203,7 @@ class Recorder:
             self._enqueue((kind, None, time.monotonic()))
             raise
 
-    def _enqueue(self, item: _Item) -> None:
+    def _enqueue(self, item: Item) -> None:
         try:
             self._items.put_nowait(item)
         except queue.Full:
