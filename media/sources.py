@@ -6,6 +6,7 @@ The synthetic sources exist for end-to-end tests and demos: every video frame ca
 
 from __future__ import annotations
 
+import asyncio
 import fractions
 import logging
 import math
@@ -233,8 +234,10 @@ class FileSource:
     """A media file as live tracks, decoded by aiortc's ``MediaPlayer`` in its own thread.
 
     The file is probed at construction so a missing or unreadable file fails here with
-    :class:`SourceError`, not later inside a peer connection. Looping is used only when the
-    container knows its duration (MediaPlayer cannot seek otherwise).
+    :class:`SourceError`, not later inside a peer connection. Construction is blocking file
+    I/O; from async code prefer ``await FileSource.open(path)``, which runs it in a thread.
+    Looping is used only when the container knows its duration (MediaPlayer cannot seek
+    otherwise).
 
     Known limit: MediaPlayer's internal queues are unbounded; it reads at most ~1 s ahead of
     wall-clock time, so a consumer that stops reading lets them grow.
@@ -258,6 +261,11 @@ class FileSource:
         self._video = self._player.video
         self._audio = self._player.audio
 
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str], *, loop: bool = True) -> FileSource:
+        """Construct in a worker thread: probing and opening a file is blocking I/O."""
+        return await asyncio.to_thread(cls, path, loop=loop)
+
     @property
     def path(self) -> Path:
         return self._path
@@ -277,7 +285,10 @@ class FileSource:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop both tracks; the player joins its decode thread and closes the file."""
+        """Stop both tracks; the player joins its decode thread and closes the file.
+
+        MediaPlayer has no async stop, so this blocks the loop for at most about 0.1 s.
+        """
         if self._player is None:
             return
         self._player = None

@@ -178,7 +178,7 @@ def _write_sample(path: Path, frames: int, fps: int = 15) -> None:
 async def test_file_source_plays_once(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     await asyncio.to_thread(_write_sample, path, 8)
-    async with FileSource(path, loop=False) as source:
+    async with await FileSource.open(path, loop=False) as source:
         assert source.video is not None and source.audio is not None
         assert source.video.kind == "video" and source.audio.kind == "audio"
         numbers = []
@@ -213,6 +213,11 @@ async def test_file_source_loops(tmp_path: Path) -> None:
         await source.aclose()  # idempotent
     assert source.video.readyState == "ended"
     assert not [t for t in threading.enumerate() if t.name == "media-player"]
+
+
+async def test_file_source_open_reports_errors_too(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="not found"):
+        await FileSource.open(tmp_path / "missing.webm")
 
 
 def test_file_source_errors(tmp_path: Path) -> None:
