@@ -1,4 +1,4 @@
-"""Shared fixtures: a real relay on loopback, and a check that no test leaves asyncio tasks behind."""
+"""Shared fixtures: a real relay on loopback; a check that no test leaves asyncio tasks behind."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import av
 
-from media import PatternVideoTrack, ToneAudioTrack, read_stamp
+from media import PatternVideoTrack, ToneAudioTrack, fit, grid, read_stamp
 from peer import Participant, ParticipantConfig
 from signaling_server import RunningServer
 
@@ -50,6 +50,8 @@ async def test_record_room_sample_records_a_publisher(relay: RunningServer, tmp_
     assert re.search(r"wrote \d+ video frames, \d+ audio frames", out), out
     with av.open(str(output)) as container:
         assert container.streams.audio
-        stamps = [read_stamp(f) for f in container.decode(video=0)]
-    # One publisher fills the whole canvas (aspect-fit): its stamp reads from the full frame.
+        frames = list(container.decode(video=0))
+    # One publisher, aspect-fit (pillarboxed) into the single grid cell of the 16:9 canvas.
+    rect = fit(320, 240, grid(1, frames[0].width, frames[0].height)[0])
+    stamps = [read_stamp(f, rect) for f in frames]
     assert sum(s is not None for s in stamps) >= 30
