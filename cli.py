@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
+import inspect
 import json
 import logging
 import os
@@ -237,6 +239,21 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = {"compositor": "bench.compositor"}
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Synchronous: a benchmark owns its event loops so setup never counts against the loop."""
+    module = importlib.import_module(BENCHMARKS[args.name])
+    result: dict[str, float] = module.run(args.frames)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:40s} {value:10.3f}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -351,6 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--json", action="store_true", help="also print a JSON summary line")
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser(
+        "bench", help="run a benchmark and print its numbers",
+        description="Run a benchmark from bench/. Each measures against a reference in the same "
+        "run and reports ratios, since absolute times on a shared machine are noise.",
+    )  # fmt: skip
+    bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--frames", type=int, default=100, help="samples per measurement")
+    bench.set_defaults(func=_bench)
     return parser
 
 
@@ -380,7 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.log_level, args.log_format)
     try:
-        code: int = asyncio.run(args.func(args))
+        if inspect.iscoroutinefunction(args.func):
+            code: int = asyncio.run(args.func(args))
+        else:
+            code = args.func(args)
     except KeyboardInterrupt:
         return 130
     except (CallbotError, MediaError, OSError) as exc:

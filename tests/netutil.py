@@ -7,11 +7,11 @@ import socket
 import struct
 
 
-def _socket_inodes() -> set[str]:
+def _socket_inodes(pid: int | str) -> set[str]:
     inodes = set()
-    for fd in os.listdir("/proc/self/fd"):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
         if target.startswith("socket:["):
@@ -31,9 +31,9 @@ def _decode_v6(hex_addr: str) -> tuple[str, int]:
     return socket.inet_ntop(socket.AF_INET6, words), int(port, 16)
 
 
-def own_udp_sockets() -> list[tuple[str, int]]:
-    """(local address, port) of every UDP socket this process has open."""
-    mine = _socket_inodes()
+def own_udp_sockets(pid: int | str = "self") -> list[tuple[str, int]]:
+    """(local address, port) of every UDP socket process ``pid`` (default: this one) has open."""
+    mine = _socket_inodes(pid)
     found = []
     for path, decode in (("/proc/net/udp", _decode_v4), ("/proc/net/udp6", _decode_v6)):
         try:

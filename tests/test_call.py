@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
+import aiohttp
+import av
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from media import PatternVideoTrack, ToneAudioTrack, read_stamp
+from media import FileSource, PatternVideoTrack, ToneAudioTrack, read_stamp
 from peer import JoinRefused, Participant, ParticipantConfig, RemoteTrack
 from peer.errors import ConnectError
 from signaling_server import RunningServer
@@ -142,3 +146,78 @@ async def test_refused_join_carries_the_error_code() -> None:
                     pass
         assert refused.value.code == ErrorCode.RATE_LIMITED
         assert "full" in refused.value.message
+
+
+async def test_garbage_on_the_relay_does_not_disturb_a_call(relay: RunningServer) -> None:
+    media = [PatternVideoTrack(width=320, height=240, seed=i) for i in range(2)]
+    async with (
+        Participant(config(relay, "alice"), video=media[0]) as alice,
+        Participant(config(relay, "bob"), video=media[1]) as bob,
+        aiohttp.ClientSession() as session,
+        session.ws_connect(relay.ws_url) as vandal,
+    ):
+        await bob.wait_connected(1)
+        video = await next_track(bob, "video")
+        await vandal.send_str('{"type":"join","room":"r1","name":"vandal"}')
+        garbage = [
+            "{",
+            "[]",
+            '{"type":"teleport"}',
+            '{"type":"offer","target_peer_id":' + json.dumps(alice.peer_id) + "}",
+            '{"type":"offer","target_peer_id":"p_nobody","sdp":"v=0"}',
+            "x" * 300_000,
+            '{"type":"join","room":"r1"}',
+        ]
+        codes: set[str] = set()
+        before = video.frames_in
+        for text in garbage * 3:
+            await vandal.send_str(text)
+        async with asyncio.timeout(10):
+            while len(codes) < 6:
+                reply = json.loads((await vandal.receive()).data)
+                if reply["type"] == "error":
+                    codes.add(reply["code"])
+        assert codes == {
+            "bad_json", "bad_message", "unknown_type", "unknown_peer", "too_large",
+            "already_joined",
+        }  # fmt: skip
+        # The call went on: bob keeps decoding alice's stamped frames, in order.
+        numbers = []
+        async with asyncio.timeout(10):
+            while len(numbers) < 20:
+                stamp = await asyncio.to_thread(read_stamp, await video.recv())
+                if stamp is not None:
+                    numbers.append(stamp.frame_number)
+        assert video.frames_in > before and numbers == sorted(numbers)
+    for t in media:
+        t.stop()
+
+
+async def test_a_media_file_is_published_through_a_call(
+    relay: RunningServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "clip.mp4"
+    pattern = PatternVideoTrack(width=320, height=240, fps=15)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(30):
+            frame = pattern.render(i)
+            frame.pts = None
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    async with (
+        FileSource(path) as clip,
+        Participant(config(relay, "player", receive=False), video=clip.video),
+        Participant(config(relay, "viewer")) as viewer,
+    ):
+        video = await next_track(viewer, "video")
+        numbers = []
+        async with asyncio.timeout(20):
+            while len(numbers) < 20:
+                stamp = await asyncio.to_thread(read_stamp, await video.recv())
+                if stamp is not None:
+                    numbers.append(stamp.frame_number)
+        assert set(numbers) <= set(range(30)) and len(set(numbers)) >= 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import socket
@@ -17,6 +18,8 @@ import pytest
 
 from media import fit, grid, read_stamp
 
+from .netutil import own_udp_sockets
+
 CALLBOT = [sys.executable, "-m", "cli"]
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -29,10 +32,14 @@ def free_port() -> int:
         return port
 
 
-async def run(*args: str, timeout: float = 90) -> tuple[int, str, str]:
+async def run(
+    *args: str, timeout: float = 90, pids: list[int] | None = None
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *CALLBOT, *args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate()
@@ -85,15 +92,22 @@ def tile_stamps(path: Path, tiles: int, src: tuple[int, int] = (640, 480)) -> li
 
 
 async def test_serve_and_two_join_processes_record_each_other(tmp_path: Path) -> None:
+    started: list[int] = []
     async with serve() as url:
-        results = await asyncio.gather(
+        calls = asyncio.gather(
             *(
                 run("join", "room1", "--server", url, "--name", name,
                     "--record", str(tmp_path / f"{name}.mkv"), "--duration", "6",
-                    "--canvas", "640x480")
+                    "--canvas", "640x480", pids=started)
                 for name in ("alice", "bob")
             )
         )  # fmt: skip
+        # Mid-call, every UDP socket either process holds is bound to loopback.
+        await asyncio.sleep(4)
+        sockets = {pid: own_udp_sockets(pid) for pid in started}
+        results = await calls
+    assert len(sockets) == 2 and all(sockets.values()), sockets
+    assert all(addr == "127.0.0.1" for socks in sockets.values() for addr, _ in socks), sockets
     for code, out, err in results:
         assert code == 0, err
         assert "joined room 'room1'" in out
@@ -160,3 +174,11 @@ def test_help_texts_describe_every_command() -> None:
     out = subprocess.run([*CALLBOT, "--help"], capture_output=True, text=True, env=env, cwd=ROOT)
     for command in ("serve", "join", "demo"):
         assert command in out.stdout
+
+
+def test_bench_prints_ratios_as_json() -> None:
+    out = subprocess.run([*CALLBOT, "bench", "compositor", "--json", "--frames", "5"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["compose_ratio"] > 0 and result["pattern_ratio"] > 0
