@@ -18,6 +18,12 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import (
+    InternalError,
+    InvalidAccessError,
+    InvalidStateError,
+    OperationError,
+)
 from aiortc.sdp import candidate_from_sdp
 
 from signaling_server.protocol import (
@@ -31,13 +37,22 @@ from signaling_server.protocol import (
 )
 
 from .config import IceServer
-from .errors import NegotiationError
+from .errors import NegotiationError, SignalingError
 from .ice import host_candidate_policy, rtc_configuration
 from .tracks import RemoteTrack, TrackPump
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("audio", "video")
+#: What aiortc raises for SDP it cannot use or a call made in the wrong signaling state.
+_AIORTC_REJECTS = (
+    ValueError,
+    AssertionError,
+    InternalError,
+    InvalidAccessError,
+    InvalidStateError,
+    OperationError,
+)
 Inbound = RelayedOffer | RelayedAnswer | RelayedIceCandidate
 
 
@@ -124,10 +139,12 @@ class PeerLink:
                     await self._handle(message)
                 except NegotiationError as exc:
                     self._fail(exc)
-                except (ValueError, AssertionError) as exc:  # aiortc rejects bad SDP this way
+                except _AIORTC_REJECTS as exc:  # bad SDP or a call in the wrong state
                     self._fail(NegotiationError(self.remote.peer_id, f"{message.type}: {exc}"))
         except NegotiationError as exc:
             self._fail(exc)
+        except SignalingError as exc:  # the relay went away while we were sending
+            self._fail(NegotiationError(self.remote.peer_id, str(exc)))
 
     async def _handle(self, message: Inbound) -> None:
         if isinstance(message, RelayedOffer):

@@ -186,18 +186,25 @@ class Participant:
             yield track
 
     async def wait_connected(self, count: int = 1, *, timeout_s: float = 30.0) -> None:
-        """Wait until media connections to ``count`` peers are up; raises on failure/timeout."""
-        async with asyncio.timeout(timeout_s):
-            while True:
-                self._changed.clear()
-                failed = [link.failed for link in self._links.values() if link.failed]
-                if failed:
-                    raise failed[0]
-                if sum(link.state == "connected" for link in self._links.values()) >= count:
-                    return
-                if self._closed:
-                    raise CallbotError("participant closed")
-                await self._changed.wait()
+        """Wait until media connections to ``count`` peers are up.
+
+        A failed link does not end the wait (others may still connect, or peers may still join);
+        if time runs out, the first failure is raised instead of a bare ``TimeoutError``.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    self._changed.clear()
+                    if sum(link.state == "connected" for link in self._links.values()) >= count:
+                        return
+                    if self._closed:
+                        raise CallbotError("participant closed")
+                    await self._changed.wait()
+        except TimeoutError:
+            failed = [link.failed for link in self._links.values() if link.failed]
+            if failed:
+                raise failed[0] from None
+            raise
 
     # ------------------------------------------------------------------ routing
 

@@ -101,11 +101,6 @@ class TrackPump:
             self._task = asyncio.create_task(self._run(), name=f"callbot-pump-{self._name}")
         return ring
 
-    def add(self, ring: RingTrack) -> None:
-        self._rings.add(ring)
-        if self._task is None and not self._closed:
-            self._task = asyncio.create_task(self._run(), name=f"callbot-pump-{self._name}")
-
     def unsubscribe(self, ring: RingTrack) -> None:
         self._rings.discard(ring)
         ring.end()

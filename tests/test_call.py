@@ -221,3 +221,30 @@ async def test_a_media_file_is_published_through_a_call(
                 if stamp is not None:
                     numbers.append(stamp.frame_number)
         assert set(numbers) <= set(range(30)) and len(set(numbers)) >= 10
+
+
+async def test_a_broken_offer_fails_only_that_link(relay: RunningServer) -> None:
+    media = PatternVideoTrack(width=160, height=120)
+    async with (
+        Participant(config(relay, "alice")) as alice,
+        Participant(config(relay, "bob", receive=False), video=media),
+        aiohttp.ClientSession() as session,
+        session.ws_connect(relay.ws_url) as rogue,
+    ):
+        await rogue.send_str('{"type":"join","room":"r1","name":"rogue","id":"j"}')
+        welcome = json.loads((await rogue.receive()).data)
+        rogue_id = welcome["peer_id"]
+        for kind in ("offer", "answer"):
+            await rogue.send_str(
+                json.dumps({"type": kind, "target_peer_id": alice.peer_id, "sdp": "v=0\r\nbad"})
+            )
+        async with asyncio.timeout(10):
+            while (link := alice.link(rogue_id)) is None or link.failed is None:
+                await asyncio.sleep(0.05)
+        assert "with " + rogue_id in str(link.failed)
+        # alice still gets bob's media.
+        video = await next_track(alice, "video")
+        async with asyncio.timeout(10):
+            await video.recv()
+        await alice.wait_connected(1)
+    media.stop()

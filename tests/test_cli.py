@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -182,3 +183,45 @@ def test_bench_prints_ratios_as_json() -> None:
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["compose_ratio"] > 0 and result["pattern_ratio"] > 0
+
+
+async def test_join_recording_survives_sigterm_and_sigkill(tmp_path: Path) -> None:
+    async with serve() as url:
+        publisher = asyncio.create_task(
+            run("join", "r", "--server", url, "--name", "pub", "--duration", "10", "--no-receive")
+        )
+        recorders = {
+            how: await asyncio.create_subprocess_exec(
+                *CALLBOT,
+                "join",
+                "r",
+                "--server",
+                url,
+                "--name",
+                how,
+                "--source",
+                "none",
+                "--record",
+                str(tmp_path / f"{how}.mkv"),
+                "--canvas",
+                "640x480",
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for how in ("term", "kill")
+        }
+        await asyncio.sleep(6)
+        recorders["term"].send_signal(signal.SIGTERM)
+        recorders["kill"].kill()
+        async with asyncio.timeout(30):
+            out, err = await recorders["term"].communicate()
+            await recorders["kill"].communicate()
+        assert (await publisher)[0] == 0
+    assert recorders["term"].returncode == 0, err.decode()
+    assert re.search(r"recorded \d+ frames .* pub [\d.]+ fps", out.decode()), out.decode()
+    assert recorders["kill"].returncode == -signal.SIGKILL
+    for how in ("term", "kill"):
+        (numbers,) = tile_stamps(tmp_path / f"{how}.mkv", 1)
+        assert len(numbers) >= 30, (how, len(numbers))
+        assert numbers == sorted(numbers)
