@@ -33,7 +33,13 @@ from media import (
     RecordingInfo,
     ToneAudioTrack,
 )
-from peer import DEFAULT_SERVER_URL, CallbotError, Participant, ParticipantConfig
+from peer import (
+    DEFAULT_SERVER_URL,
+    LOOPBACK_ONLY,
+    CallbotError,
+    Participant,
+    ParticipantConfig,
+)
 from signaling_server import ServerSettings, serve_forever, start_server
 
 logger = logging.getLogger("callbot")
@@ -175,7 +181,11 @@ async def _serve(args: argparse.Namespace) -> int:
 async def _join(args: argparse.Namespace) -> int:
     name = args.name or f"bot-{os.getpid()}"
     config = ParticipantConfig(
-        room=args.room, server_url=args.server, name=name, receive=not args.no_receive
+        room=args.room,
+        server_url=args.server,
+        name=name,
+        receive=not args.no_receive,
+        ice_addresses=tuple(args.ice_address or LOOPBACK_ONLY),
     )
     recorder = (
         CallRecorder(Path(args.record), size=args.canvas, fps=args.fps) if args.record else None
@@ -345,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="publish only: negotiate send-only media and decode nothing",
     )
+    join.add_argument(
+        "--ice-address", action="append", metavar="IP",
+        help="local address ICE may offer; repeatable (default 127.0.0.1 only: calls on this "
+        "machine). Give your LAN address to call across machines",
+    )  # fmt: skip
     join.set_defaults(func=_join)
 
     demo = sub.add_parser(

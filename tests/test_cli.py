@@ -155,6 +155,13 @@ async def test_refused_join_is_a_one_line_error() -> None:
     assert err.strip().count("\n") == 0, err
 
 
+def test_bad_ice_address_is_refused_before_connecting() -> None:
+    out = subprocess.run([*CALLBOT, "join", "r", "--ice-address", "not-an-ip"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr == "callbot: error: ice address 'not-an-ip' is not an IP address\n"
+
+
 def test_bad_room_name_is_refused_before_connecting() -> None:
     out = subprocess.run([*CALLBOT, "join", "x" * 65, "--duration", "1"], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)  # fmt: skip
