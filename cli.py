@@ -92,7 +92,7 @@ async def _sources(specs: Sequence[str], label: str) -> AsyncIterator[dict[str, 
             elif spec == "tone":
                 tracks["audio"] = ToneAudioTrack()
             else:
-                source = await stack.enter_async_context(FileSource(spec))
+                source = await stack.enter_async_context(await FileSource.open(spec))
                 if source.video is not None:
                     tracks["video"] = source.video
                 if source.audio is not None:
@@ -222,10 +222,10 @@ async def _demo(args: argparse.Namespace) -> int:
         ]
         try:
             await viewer.join()
-            await recorder.start(viewer)
             for bot in bots:
                 await bot.join()
             await viewer.wait_connected(len(bots), timeout_s=30)
+            await recorder.start(viewer)
             started = time.monotonic()
             await _until_stopped(args.duration)
             logger.info("recorded for %.1f s", time.monotonic() - started)

@@ -209,7 +209,7 @@ async def test_a_media_file_is_published_through_a_call(
         for packet in stream.encode():
             container.mux(packet)
     async with (
-        FileSource(path) as clip,
+        await FileSource.open(path) as clip,
         Participant(config(relay, "player", receive=False), video=clip.video),
         Participant(config(relay, "viewer")) as viewer,
     ):

@@ -162,6 +162,14 @@ def test_bad_ice_address_is_refused_before_connecting() -> None:
     assert out.stderr == "callbot: error: ice address 'not-an-ip' is not an IP address\n"
 
 
+def test_missing_source_file_is_a_one_line_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.mp4"
+    out = subprocess.run([*CALLBOT, "join", "r", "--source", str(missing)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr == f"callbot: error: media file not found: {missing}\n"
+
+
 def test_bad_room_name_is_refused_before_connecting() -> None:
     out = subprocess.run([*CALLBOT, "join", "x" * 65, "--duration", "1"], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)  # fmt: skip
