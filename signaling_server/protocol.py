@@ -194,6 +194,8 @@ class Welcome:
     peers: list[PeerInfo]
     ice_servers: list[IceServerInfo]
     resume_token: str
+    #: Bearer token for the REST call API, acting as this peer while its socket is joined.
+    session_token: str | None = None
     protocol: int = PROTOCOL_VERSION
     ref: MessageId | None = None
 
@@ -259,9 +261,79 @@ class Error:
     ref: MessageId | None = None
 
 
+# --------------------------------------------------------------------------- call lifecycle
+
+
+class CallStatus(StrEnum):
+    RINGING = "ringing"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+class CallEvent(StrEnum):
+    """What changed, in a ``call_state`` message (one message per stored event)."""
+
+    CALL_STARTED = "call_started"
+    PARTICIPANT_JOINED = "participant_joined"
+    PARTICIPANT_LEFT = "participant_left"
+    CALL_DECLINED = "call_declined"
+    CALL_ENDED = "call_ended"
+
+
+class EndReason(StrEnum):
+    CANCELLED = "cancelled"  # the initiator ended it while it was ringing
+    ALL_DECLINED = "all_declined"  # every target declined
+    NO_ANSWER = "no_answer"  # the ring timeout passed with nobody accepting
+    LAST_LEFT = "last_left"  # the last participant left an active call
+    ENDED = "ended"  # a participant sent end_call while it was active
+    RELAY_RESTART = "relay_restart"  # found unfinished when the relay started again
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallInfo:
+    """A call's state: the fold of its events. Times are Unix seconds."""
+
+    call_id: str
+    room: str
+    status: CallStatus
+    started_by: str
+    #: Peers in the call now: the initiator and whoever accepted, minus whoever left.
+    participants: list[str]
+    targets: list[str]
+    declined_by: list[str]
+    started_at: float
+    answered_at: float | None = None
+    ended_at: float | None = None
+    reason: EndReason | None = None
+    #: Seconds from the first accept to the end (0 if never answered); set once ended.
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IncomingCall:
+    """Sent to each target of a new call: their device rings."""
+
+    type: ClassVar[str] = "incoming_call"
+    call_id: str
+    from_peer_id: str
+    participants: list[str]
+    targets: list[str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallState:
+    """Sent to everyone involved in a call on every change; ``peer_id`` is who caused it."""
+
+    type: ClassVar[str] = "call_state"
+    event: CallEvent
+    call: CallInfo
+    peer_id: str | None = None
+    ref: MessageId | None = None
+
+
 ServerMessage: TypeAlias = (
     Welcome | PeerJoined | PeerLeft | PeerList | RelayedOffer | RelayedAnswer | RelayedIceCandidate
-    | Pong | Error
+    | IncomingCall | CallState | Pong | Error
 )  # fmt: skip
 
 Message: TypeAlias = ClientMessage | ServerMessage
@@ -430,13 +502,19 @@ __all__ = [
     "SERVER_MESSAGES",
     "AcceptCall",
     "Answer",
+    "CallEvent",
+    "CallInfo",
+    "CallState",
+    "CallStatus",
     "ClientMessage",
     "DeclineCall",
     "EndCall",
+    "EndReason",
     "Error",
     "ErrorCode",
     "IceCandidate",
     "IceServerInfo",
+    "IncomingCall",
     "Join",
     "Leave",
     "LeaveCall",

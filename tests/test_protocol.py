@@ -17,12 +17,18 @@ from signaling_server.protocol import (
     SERVER_MESSAGES,
     AcceptCall,
     Answer,
+    CallEvent,
+    CallInfo,
+    CallState,
+    CallStatus,
     DeclineCall,
     EndCall,
+    EndReason,
     Error,
     ErrorCode,
     IceCandidate,
     IceServerInfo,
+    IncomingCall,
     Join,
     Leave,
     LeaveCall,
@@ -80,6 +86,31 @@ CLIENT_EXAMPLES: dict[str, list[Any]] = {
     "ping": [Ping(), Ping(id=-1), Ping(id="")],
 }
 
+RINGING_CALL = CallInfo(
+    call_id="c1",
+    room="r",
+    status=CallStatus.RINGING,
+    started_by="p_1",
+    participants=["p_1"],
+    targets=["p_2", "p_3"],
+    declined_by=[],
+    started_at=1.0,
+)
+ENDED_CALL = CallInfo(
+    call_id="c1",
+    room="r",
+    status=CallStatus.ENDED,
+    started_by="p_1",
+    participants=[],
+    targets=["p_2"],
+    declined_by=["p_2"],
+    started_at=1.0,
+    answered_at=2.0,
+    ended_at=3.5,
+    reason=EndReason.LAST_LEFT,
+    duration_s=1.5,
+)
+
 SERVER_EXAMPLES: dict[str, list[Any]] = {
     "welcome": [
         Welcome(peer_id="p_1", room="lobby", peers=[], ice_servers=[], resume_token="r"),
@@ -110,6 +141,14 @@ SERVER_EXAMPLES: dict[str, list[Any]] = {
         RelayedIceCandidate(from_peer_id="p_2", candidate=""),
         RelayedIceCandidate(from_peer_id="p_2", candidate="c", sdp_mid="a", sdp_m_line_index=1),
     ],
+    "incoming_call": [
+        IncomingCall(call_id="c1", from_peer_id="p_1", participants=["p_1"], targets=["p_2"])
+    ],
+    "call_state": [
+        CallState(event=event, call=RINGING_CALL, peer_id="p_1", ref=ref)
+        for event, ref in zip(CallEvent, [None, "s1", 7, None, "x"], strict=True)
+    ]
+    + [CallState(event=CallEvent.CALL_ENDED, call=ENDED_CALL)],
     "pong": [Pong(), Pong(ref="x")],
     "error": [
         Error(code=code, message=f"about {code}", ref=ref)
