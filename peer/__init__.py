@@ -1,6 +1,7 @@
-"""callbot's WebRTC participant: join a room on the relay, publish tracks, receive tracks."""
+"""callbot's WebRTC participant: join a room, publish and receive tracks, make and take calls."""
 
-from .config import DEFAULT_SERVER_URL, LOOPBACK_ONLY, IceServer, ParticipantConfig
+from .calls import Call, CallEndedError
+from .config import DEFAULT_SERVER_URL, LOOPBACK_ONLY, IceServer, Mode, ParticipantConfig
 from .errors import (
     CallbotError,
     ConfigError,
@@ -16,11 +17,14 @@ from .tracks import RemoteTrack
 __all__ = [
     "DEFAULT_SERVER_URL",
     "LOOPBACK_ONLY",
+    "Call",
+    "CallEndedError",
     "CallbotError",
     "ConfigError",
     "ConnectError",
     "IceServer",
     "JoinRefused",
+    "Mode",
     "NegotiationError",
     "Participant",
     "ParticipantConfig",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from enum import StrEnum
 from urllib.parse import urlparse
 
 from signaling_server.protocol import MAX_NAME_LENGTH, MAX_ROOM_LENGTH, IceServerInfo
@@ -36,11 +37,22 @@ class IceServer:
         return cls(urls=tuple(info.urls), username=info.username, credential=info.credential)
 
 
+class Mode(StrEnum):
+    """Which peers a participant opens media connections to."""
+
+    #: Everyone in the room, as they come and go.
+    ROOM = "room"
+    #: Only the other active participants of a call we are active in.
+    CALL = "call"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParticipantConfig:
     """How a participant reaches the relay and which network paths its media may use.
 
-    ``ice_addresses`` is the host-candidate policy: the local IP addresses ICE may offer.
+    ``mode`` chooses room mode (media with everyone present) or call mode (media only between
+    active participants of a call). ``ice_addresses`` is the host-candidate policy: the local IP
+    addresses ICE may offer.
     ``None`` lets aioice use every interface (never for tests or local runs). ``receive=False``
     makes a publish-only bot: it negotiates send-only media and decodes nothing.
     """
@@ -48,6 +60,7 @@ class ParticipantConfig:
     room: str
     server_url: str = DEFAULT_SERVER_URL
     name: str | None = None
+    mode: Mode = Mode.ROOM
     ice_servers: tuple[IceServer, ...] = ()
     use_server_ice_servers: bool = True
     ice_addresses: tuple[str, ...] | None = LOOPBACK_ONLY
@@ -81,4 +94,4 @@ class ParticipantConfig:
             raise ConfigError("buffers must hold at least one frame")
 
 
-__all__ = ["DEFAULT_SERVER_URL", "LOOPBACK_ONLY", "IceServer", "ParticipantConfig"]
+__all__ = ["DEFAULT_SERVER_URL", "LOOPBACK_ONLY", "IceServer", "Mode", "ParticipantConfig"]

@@ -6,37 +6,46 @@
         async for track in me.tracks():   # RemoteTrack objects, as remote peers' media arrives
             ...
 
-In room mode (the only mode so far) it connects to everyone in the room: one
-:class:`~peer.negotiation.PeerLink` per remote peer, created on ``welcome``/``peer_joined`` and
-closed on ``peer_left``. One task it owns reads the relay and routes messages to the links.
+It keeps one :class:`~peer.negotiation.PeerLink` per peer it should have media with: everyone in
+the room (room mode), or the other active participants of its call (call mode). One task it owns
+reads the relay; after every message it brings the set of links in line with that wish. Call
+state is mirrored synchronously as messages arrive (see :mod:`peer.calls`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 from aiortc import MediaStreamTrack
 
 from signaling_server.protocol import (
+    CallInfo,
+    CallState,
+    CallStatus,
+    ClientMessage,
     Error,
+    IncomingCall,
     Join,
     Leave,
     PeerInfo,
     PeerJoined,
     PeerLeft,
-    PeerList,
     RelayedAnswer,
     RelayedIceCandidate,
     RelayedOffer,
+    StartCall,
     Welcome,
 )
 
-from .config import IceServer, ParticipantConfig
+from .calls import Call
+from .config import IceServer, Mode, ParticipantConfig
 from .errors import CallbotError, ConfigError, JoinRefused, NegotiationError, ServerError
 from .negotiation import LinkOptions, PeerLink
 from .signaling import SignalingClient
@@ -70,9 +79,11 @@ class Participant:
             if track is not None
         ]
         self._signaling = SignalingClient(
-            config.server_url, connect_timeout_s=config.connect_timeout_s
+            config.server_url, connect_timeout_s=config.connect_timeout_s, observer=self._observe
         )
         self._links: dict[str, PeerLink] = {}
+        self._calls: dict[str, Call] = {}
+        self._invites: asyncio.Queue[Call | None] = asyncio.Queue()
         self._peers: dict[str, PeerInfo] = {}
         self._tracks: asyncio.Queue[RemoteTrack | None] = asyncio.Queue()
         self._all_tracks: list[RemoteTrack] = []
@@ -117,9 +128,9 @@ class Participant:
         logger.info(
             "joined room %r as %s (%d others)", welcome.room, welcome.peer_id, len(welcome.peers)
         )
-        self._router = asyncio.create_task(self._route(), name="callbot-participant-router")
         for info in welcome.peers:
-            self._add_peer(info)
+            self._peers[info.peer_id] = info
+        self._router = asyncio.create_task(self._route(), name="callbot-participant-router")
         return welcome
 
     async def leave(self) -> None:
@@ -145,6 +156,7 @@ class Participant:
             await pump.aclose()
         await self._signaling.aclose()
         self._tracks.put_nowait(None)
+        self._invites.put_nowait(None)
         self._changed.set()
 
     # ------------------------------------------------------------------ what users read
@@ -206,12 +218,78 @@ class Participant:
                 raise failed[0] from None
             raise
 
+    # ------------------------------------------------------------------ calls
+
+    @property
+    def calls(self) -> dict[str, Call]:
+        """Every call we started or were invited to, by call id (ended ones included)."""
+        return dict(self._calls)
+
+    @property
+    def active_call(self) -> Call | None:
+        """The call we are a participant of right now, if any."""
+        return next((c for c in self._calls.values() if c.joined), None)
+
+    async def start_call(self, targets: Sequence[str] | None = None) -> Call:
+        """Ring ``targets`` (peer ids; ``None``: everyone else in the room).
+
+        Raises :class:`ServerError` (``unknown_peer``, ``not_in_room``, ``invalid_transition`` if
+        we are busy in another call, ``bad_message`` if there is nobody to call).
+        """
+        reply = await self._request(StartCall(targets=list(targets) if targets else None))
+        if not isinstance(reply, CallState):
+            raise CallbotError(f"the relay answered start_call with {reply.type!r}")
+        return self._calls[reply.call.call_id]
+
+    async def incoming_calls(self) -> AsyncIterator[Call]:
+        """Calls we are rung for, as they arrive: ``await call.accept()`` or ``decline()``."""
+        while True:
+            call = await self._invites.get()
+            if call is None:
+                self._invites.put_nowait(None)
+                return
+            yield call
+
+    async def _request(self, message: ClientMessage) -> Any:
+        with_id = dataclasses.replace(message, id=self._signaling.next_id())
+        return await self._signaling.request(with_id)
+
+    def _observe(self, message: Any) -> None:
+        """Runs in the signaling reader, in arrival order: mirror call state before anyone
+        awaiting a reply resumes."""
+        if isinstance(message, CallState):
+            call = self._calls.get(message.call.call_id)
+            if call is None:
+                call = self._calls[message.call.call_id] = Call(
+                    message.call, request=self._request, local_peer_id=self.peer_id
+                )
+            call._apply(message)
+        elif isinstance(message, IncomingCall):
+            call = self._calls.get(message.call_id)
+            if call is None:
+                info = CallInfo(
+                    call_id=message.call_id,
+                    room=self.config.room,
+                    status=CallStatus.RINGING,
+                    started_by=message.from_peer_id,
+                    participants=message.participants,
+                    targets=message.targets,
+                    declined_by=[],
+                    started_at=time.time(),
+                )
+                call = self._calls[message.call_id] = Call(
+                    info, request=self._request, local_peer_id=self.peer_id
+                )
+            self._invites.put_nowait(call)
+
     # ------------------------------------------------------------------ routing
 
     async def _route(self) -> None:
+        await self._sync_links()
         async for message in self._signaling.messages():
             try:
                 await self._dispatch(message)
+                await self._sync_links()
             except CallbotError as exc:  # one bad message must not end the participant
                 logger.warning("while handling %s: %s", message.type, exc)
         if not self._closed:
@@ -220,28 +298,48 @@ class Participant:
     async def _dispatch(self, message: Any) -> None:
         match message:
             case PeerJoined(peer_id=peer_id, name=name):
-                self._add_peer(PeerInfo(peer_id=peer_id, name=name))
+                self._peers[peer_id] = PeerInfo(peer_id=peer_id, name=name)
             case PeerLeft(peer_id=peer_id):
-                await self._remove_peer(peer_id)
+                self._peers.pop(peer_id, None)
             case RelayedOffer() | RelayedAnswer() | RelayedIceCandidate():
-                link = self._links.get(message.from_peer_id)
+                sender = message.from_peer_id
+                link = self._links.get(sender)
+                if link is None and sender in self._wanted():
+                    link = self._open_link(sender)
                 if link is None:
-                    link = self._add_peer(
-                        PeerInfo(peer_id=message.from_peer_id, name=message.from_peer_id)
+                    logger.info(
+                        "ignoring %s from %s: no media wanted with it", message.type, sender
                     )
-                link.deliver(message)
-            case Error(code=code, message=text):
+                else:
+                    link.deliver(message)
+            case Error(code=code, message=text, ref=None):
                 logger.warning("relay error %s: %s", code, text)
-            case PeerList():
-                pass
             case _:
-                logger.debug("ignoring %s", message.type)
+                pass  # replies reach their requester; call state was mirrored by _observe
 
-    def _add_peer(self, info: PeerInfo) -> PeerLink:
-        self._peers[info.peer_id] = info
-        link = self._links.get(info.peer_id)
-        if link is not None:
-            return link
+    def _wanted(self) -> set[str]:
+        """Peers we should have a media connection with right now."""
+        if self.config.mode is Mode.ROOM:
+            return set(self._peers)
+        me = self.peer_id
+        return {
+            peer
+            for call in self._calls.values()
+            if call.joined
+            for peer in call.participants
+            if peer != me and peer in self._peers
+        }
+
+    async def _sync_links(self) -> None:
+        wanted = self._wanted()
+        for peer_id in wanted - self._links.keys():
+            self._open_link(peer_id)
+        for peer_id in self._links.keys() - wanted:
+            await self._links.pop(peer_id).aclose()
+            self._changed.set()
+
+    def _open_link(self, peer_id: str) -> PeerLink:
+        info = self._peers.get(peer_id) or PeerInfo(peer_id=peer_id, name=peer_id)
         options = LinkOptions(
             local_peer_id=self.peer_id,
             ice_servers=self.ice_servers,
@@ -258,16 +356,9 @@ class Participant:
             on_track=self._on_track,
             on_change=self._changed.set,
         )
-        self._links[info.peer_id] = link
+        self._links[peer_id] = link
         link.start()
         return link
-
-    async def _remove_peer(self, peer_id: str) -> None:
-        self._peers.pop(peer_id, None)
-        link = self._links.pop(peer_id, None)
-        if link is not None:
-            await link.aclose()
-        self._changed.set()
 
     def _on_track(self, track: RemoteTrack) -> None:
         self._all_tracks.append(track)

@@ -1,8 +1,9 @@
 """WebSocket client for the relay: one connection, typed messages, request/reply by ``id``.
 
-Replies that carry a ``ref`` resolve the request that sent that ``id``; everything else is
-queued for :meth:`SignalingClient.messages`. Reconnecting with backoff is a later layer: the
-client's :class:`SignalingState` is the seam for it.
+Every message first goes to an optional synchronous ``observer`` (in arrival order, so state
+mirrored from the relay is never applied out of order), then resolves the request whose ``id``
+its ``ref`` names, if any, and is always queued for :meth:`SignalingClient.messages`.
+Reconnecting with backoff is a later layer: :class:`SignalingState` is the seam for it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from enum import StrEnum
 from typing import Any
 
@@ -41,8 +42,15 @@ class SignalingState(StrEnum):
 class SignalingClient:
     """Owns its HTTP session, socket and reader task; ``aclose()`` releases all three."""
 
-    def __init__(self, url: str, *, connect_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout_s: float = 10.0,
+        observer: Callable[[Any], None] | None = None,
+    ) -> None:
         self.url = url
+        self._observer = observer
         self._connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -108,7 +116,7 @@ class SignalingClient:
         return reply
 
     async def messages(self) -> AsyncIterator[Any]:
-        """Server messages that are not replies, in order; ends when the connection does."""
+        """Every server message, replies included, in order; ends when the connection does."""
         while True:
             item = await self._inbox.get()
             if item is None:
@@ -129,12 +137,13 @@ class SignalingClient:
                 except ProtocolError as exc:
                     logger.warning("ignoring a malformed message from the relay: %s", exc)
                     continue
+                if self._observer is not None:
+                    self._observer(message)
                 ref = getattr(message, "ref", None)
                 future = self._pending.get(ref) if isinstance(ref, str) else None
                 if future is not None and not future.done():
                     future.set_result(message)
-                else:
-                    self._inbox.put_nowait(message)
+                self._inbox.put_nowait(message)
         finally:
             if self.close_reason is None and self.state is SignalingState.CONNECTED:
                 self.close_reason = f"the relay closed the connection (code {ws.close_code})"
