@@ -1,8 +1,9 @@
 """The aiohttp application of the relay, and helpers to run it (tests, the CLI).
 
 All state lives in the app (``web.AppKey``), so several relays can run in one process (tests do).
-Shutdown closes every WebSocket with 1001 (going away) so that clients can tell a restart from a
-network failure and reconnect.
+The call store is opened in a ``cleanup_ctx`` (which first ends the calls a previous run left
+unfinished, ``relay_restart``) and closed after the sockets. Shutdown closes every WebSocket with
+1001 (going away) so that clients can tell a restart from a network failure and reconnect.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 from aiohttp import WSCloseCode, web
 
 from .handlers import HUB_KEY, Hub, websocket_handler
+from .rest import add_routes
 from .settings import ServerSettings
+from .store import end_unfinished, open_store
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +30,30 @@ SHUTDOWN_TIMEOUT_S = 5.0
 
 
 def create_app(settings: ServerSettings) -> web.Application:
-    """Build the relay: ``GET /ws`` (protocol v1) and ``GET /healthz``."""
+    """Build the relay: ``GET /ws`` (protocol v1), ``GET /healthz`` and the call API."""
     app = web.Application()
     app[SETTINGS_KEY] = settings
     app[HUB_KEY] = Hub(settings)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/healthz", _healthz)
+    add_routes(app)
+    app.cleanup_ctx.append(_call_store)
     app.on_shutdown.append(_close_websockets)
     return app
+
+
+async def _call_store(app: web.Application) -> AsyncIterator[None]:
+    """Open the store, end what the last run left unfinished, run the call service; undo."""
+    settings, hub = app[SETTINGS_KEY], app[HUB_KEY]
+    store = open_store(settings.db_path)
+    await store.open()
+    try:
+        await end_unfinished(store)
+        hub.calls.start(store)
+        yield
+    finally:
+        await hub.calls.aclose()
+        await store.aclose()
 
 
 async def _healthz(request: web.Request) -> web.Response:

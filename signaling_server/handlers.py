@@ -1,11 +1,16 @@
 """The WebSocket loop at ``/ws``: parse each frame, apply it to the rooms, queue the frames out.
 
 Every connection has one reader (the aiohttp handler task) and one writer task draining a FIFO
-outbox. Handling a frame is synchronous: it updates :class:`~.rooms.Rooms` and *enqueues*
-outgoing frames without awaiting. So frames are applied one at a time across the whole relay
-(no interleaving to reason about), each socket sees its frames in the order they were produced,
-and a slow or dying receiver can never stall the sender. A receiver whose outbox outgrows
-``ServerSettings.max_send_queue_bytes`` is not reading; it is dropped rather than buffered forever.
+outbox. Handling a room or relay frame is synchronous: it updates :class:`~.rooms.Rooms` and
+*enqueues* outgoing frames without awaiting. So those frames are applied one at a time across the
+whole relay (no interleaving to reason about), each socket sees its frames in the order they were
+produced, and a slow or dying receiver can never stall the sender. A receiver whose outbox
+outgrows ``ServerSettings.max_send_queue_bytes`` is not reading; it is dropped rather than
+buffered forever.
+
+Call commands must be stored before they are told, so they go to the :class:`CallService`'s
+single worker; the reader waits for the outcome before reading the socket's next frame, which
+keeps each socket's replies in the order of its requests.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import assert_never
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from .call_service import Action, CallService
 from .protocol import (
     AcceptCall,
     Answer,
@@ -51,7 +57,6 @@ from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-CALLS_UNSUPPORTED = "call lifecycle is not supported by this relay yet"
 #: How long a server-initiated close waits for the client's close frame.
 CLOSE_TIMEOUT_S = 5.0
 
@@ -74,6 +79,9 @@ class Hub:
         self.connections: set[Connection] = set()
         self.closing = False
         self._links: dict[str, Connection] = {}
+        self.calls = CallService(
+            rooms=self.rooms, deliver=self.deliver, ring_timeout_s=settings.ring_timeout_s
+        )
 
     def join(self, conn: Connection, room: str, name: str | None) -> Member:
         member = self.rooms.join(room, name)
@@ -149,7 +157,7 @@ class Connection:
                 return
             async for msg in self._ws:
                 if msg.type is WSMsgType.TEXT:
-                    self._on_text(msg.data)
+                    await self._on_text(msg.data)
                 elif msg.type is WSMsgType.BINARY:
                     self.send(
                         Error(
@@ -224,7 +232,7 @@ class Connection:
 
     # ------------------------------------------------------------------ receiving
 
-    def _on_text(self, data: str) -> None:
+    async def _on_text(self, data: str) -> None:
         """Handle one frame; any failure becomes an ``error`` reply and the socket stays up."""
         ref: MessageId | None = None
         try:
@@ -233,7 +241,10 @@ class Connection:
             )
             ref = message.id
             log.debug("%r: received %s", self, message.type)
-            self._dispatch(message)
+            if isinstance(message, StartCall | AcceptCall | DeclineCall | LeaveCall | EndCall):
+                await self._call(message)
+            else:
+                self._dispatch(message)
         except ProtocolError as exc:
             log.debug("%r: refused: %s", self, exc)
             self.send(
@@ -249,7 +260,36 @@ class Connection:
                 )
             )
 
-    def _dispatch(self, message: ClientMessage) -> None:
+    def _joined(self, message: ClientMessage) -> Member:
+        if self._member is None:
+            raise ProtocolError(
+                ErrorCode.NOT_JOINED, f"join a room before sending {message.type!r}"
+            )
+        return self._member
+
+    async def _call(
+        self, message: StartCall | AcceptCall | DeclineCall | LeaveCall | EndCall
+    ) -> None:
+        """A call command; its outcome reaches this socket as ``call_state`` (or an ``error``)."""
+        me = self._joined(message)
+        service = self._hub.calls
+        match message:
+            case StartCall():
+                await service.start_call(me.peer_id, message.targets, ref=message.id)
+            case AcceptCall():
+                await service.act(me.peer_id, message.call_id, Action.ACCEPT, ref=message.id)
+            case DeclineCall():
+                await service.act(me.peer_id, message.call_id, Action.DECLINE, ref=message.id)
+            case LeaveCall():
+                await service.act(me.peer_id, message.call_id, Action.LEAVE, ref=message.id)
+            case EndCall():
+                await service.act(me.peer_id, message.call_id, Action.END, ref=message.id)
+            case _:
+                assert_never(message)
+
+    def _dispatch(
+        self, message: Join | Leave | ListPeers | Offer | Answer | IceCandidate | Ping
+    ) -> None:
         match message:
             case Ping():
                 self.send(Pong(ref=message.id))
@@ -257,13 +297,7 @@ class Connection:
             case Join():
                 self._join(message)
                 return
-            case StartCall() | AcceptCall() | DeclineCall() | LeaveCall() | EndCall():
-                raise ProtocolError(ErrorCode.UNKNOWN_TYPE, CALLS_UNSUPPORTED)
-        me = self._member
-        if me is None:
-            raise ProtocolError(
-                ErrorCode.NOT_JOINED, f"join a room before sending {message.type!r}"
-            )
+        me = self._joined(message)
         match message:
             case Leave():
                 self._depart("left")
@@ -316,6 +350,7 @@ class Connection:
                 peers=[m.info() for m in others],
                 ice_servers=list(hub.settings.ice_servers),
                 resume_token=member.resume_token,
+                session_token=member.session_token,
                 ref=message.id,
             )
         )
@@ -339,8 +374,11 @@ class Connection:
             return
         self._member = None
         self._hub.leave(member.peer_id)
-        if not self._hub.closing:  # on shutdown everyone is going; the 1001 close says it all
+        # On shutdown everyone is going and the 1001 close says it all: no peer_left storm, and
+        # calls stay as stored (the next start ends them relay_restart, not last_left).
+        if not self._hub.closing:
             self._hub.broadcast(member.room, PeerLeft(peer_id=member.peer_id, reason=reason))
+            self._hub.calls.peer_gone(member.peer_id)
         log.info("%s left room %r (%s)", member.peer_id, member.room, reason)
 
     def _relay(

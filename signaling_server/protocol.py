@@ -297,7 +297,8 @@ class CallInfo:
     room: str
     status: CallStatus
     started_by: str
-    #: Peers in the call now: the initiator and whoever accepted, minus whoever left.
+    #: Peers in the call now: the initiator and whoever accepted, minus whoever left. Once ended:
+    #: everyone who took part (the initiator and every target that accepted), for history.
     participants: list[str]
     targets: list[str]
     declined_by: list[str]

@@ -7,6 +7,7 @@ raise :class:`~signaling_server.protocol.ProtocolError` with the code the client
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 
@@ -25,6 +26,16 @@ def new_resume_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+def new_session_token() -> str:
+    """The bearer secret for the REST call API (256 random bits; valid while the peer is joined)."""
+    return secrets.token_urlsafe(32)
+
+
+def _token_key(token: str) -> bytes:
+    # Looked up by digest, so that a dict probe's timing says nothing about the secret itself.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Member:
     """One joined peer."""
@@ -33,6 +44,7 @@ class Member:
     name: str
     room: str
     resume_token: str
+    session_token: str
 
     def info(self) -> PeerInfo:
         return PeerInfo(peer_id=self.peer_id, name=self.name)
@@ -48,6 +60,7 @@ class Rooms:
         self._members: dict[str, Member] = {}
         # room -> peer_id -> Member; dicts keep join order, so lists come out oldest first.
         self._rooms: dict[str, dict[str, Member]] = {}
+        self._sessions: dict[bytes, Member] = {}
 
     @property
     def room_count(self) -> int:
@@ -77,8 +90,10 @@ class Rooms:
             name=peer_id if name is None else name,
             room=room,
             resume_token=new_resume_token(),
+            session_token=new_session_token(),
         )
         self._members[peer_id] = member
+        self._sessions[_token_key(member.session_token)] = member
         self._rooms.setdefault(room, {})[peer_id] = member
         return member
 
@@ -87,6 +102,7 @@ class Rooms:
         member = self._members.pop(peer_id, None)
         if member is None:
             return None
+        del self._sessions[_token_key(member.session_token)]
         members = self._rooms[member.room]
         del members[peer_id]
         if not members:
@@ -95,6 +111,10 @@ class Rooms:
 
     def get(self, peer_id: str) -> Member | None:
         return self._members.get(peer_id)
+
+    def by_session_token(self, token: str) -> Member | None:
+        """The joined peer a REST request acts as; ``None`` once it has left (or never was)."""
+        return self._sessions.get(_token_key(token))
 
     def members(self, room: str) -> list[Member]:
         """Everyone in ``room``, oldest first (empty for a room that does not exist)."""

@@ -15,7 +15,7 @@ from .protocol import (
     Welcome,
     dump_message,
 )
-from .rooms import new_peer_id, new_resume_token
+from .rooms import new_peer_id, new_resume_token, new_session_token
 
 #: Below this a ``welcome`` for a lone peer would hardly fit; nobody needs a smaller cap.
 MIN_MESSAGE_BYTES = 4096
@@ -40,6 +40,10 @@ class ServerSettings:
     max_peers_per_room: int = 64
     #: Bytes queued for a peer that is not reading before it is dropped (its socket aborted).
     max_send_queue_bytes: int = 16 * MAX_MESSAGE_BYTES
+    #: SQLite file keeping call history across restarts; ``None`` keeps it in memory only.
+    db_path: str | None = None
+    #: A call nobody answers within this many seconds ends ``no_answer``.
+    ring_timeout_s: float = 90.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -85,6 +89,19 @@ class ServerSettings:
                 "max_send_queue_bytes must be an integer of at least max_message_bytes "
                 f"({self.max_message_bytes}), got {self.max_send_queue_bytes!r}"
             )
+        if self.db_path is not None and (
+            not isinstance(self.db_path, str) or not self.db_path.strip()
+        ):
+            raise ValueError(f"db_path must be a non-empty path or None, got {self.db_path!r}")
+        if (
+            isinstance(self.ring_timeout_s, bool)
+            or not isinstance(self.ring_timeout_s, int | float)
+            or not math.isfinite(self.ring_timeout_s)
+            or self.ring_timeout_s <= 0
+        ):
+            raise ValueError(
+                f"ring_timeout_s must be a positive number, got {self.ring_timeout_s!r}"
+            )
         worst = worst_case_welcome_bytes(self.ice_servers, self.max_peers_per_room)
         if worst > self.max_message_bytes:
             raise ValueError(
@@ -110,6 +127,7 @@ def worst_case_welcome_bytes(ice_servers: tuple[IceServerInfo, ...], max_peers: 
         peers=[PeerInfo(peer_id=peer_id, name=wide * MAX_NAME_LENGTH)] * (max_peers - 1),
         ice_servers=list(ice_servers),
         resume_token=new_resume_token(),
+        session_token=new_session_token(),
         ref=wide * MAX_ID_LENGTH,
     )
     return len(dump_message(welcome).encode("utf-8"))

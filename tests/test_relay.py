@@ -20,7 +20,7 @@ from signaling_server import (
     serve_forever,
     start_server,
 )
-from signaling_server.handlers import CALLS_UNSUPPORTED, HUB_KEY, Connection, Hub
+from signaling_server.handlers import HUB_KEY, Connection, Hub
 from signaling_server.protocol import (
     MAX_MESSAGE_BYTES,
     MAX_NAME_LENGTH,
@@ -40,6 +40,7 @@ class Client:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
         self.peer_id = ""
+        self.session_token = ""
 
     async def send(self, **fields: Any) -> None:
         await self.ws.send_str(json.dumps(fields))
@@ -84,6 +85,7 @@ class Client:
         await self.send(**fields)
         welcome = await self.expect("welcome", room=room)
         self.peer_id = welcome["peer_id"]
+        self.session_token = welcome["session_token"]
         return welcome
 
     async def ping_roundtrip(self) -> None:
@@ -144,12 +146,14 @@ async def test_join_welcome_and_peer_joined(connect: Connect) -> None:
     assert welcome["ice_servers"] == []
     assert welcome["protocol"] == 1
     assert welcome["resume_token"]
+    assert len(welcome["session_token"]) >= 32
     assert "ref" not in welcome
     b = await connect()
     welcome_b = await b.join("lobby")  # no name: the peer id is the name
     assert welcome_b["peers"] == [{"peer_id": a.peer_id, "name": "alice"}]
     await a.expect("peer_joined", peer_id=b.peer_id, name=b.peer_id)
     assert welcome_b["resume_token"] != welcome["resume_token"]
+    assert welcome_b["session_token"] != welcome["session_token"]
     c = await connect()
     welcome_c = await c.join("lobby", "carol")
     assert [p["peer_id"] for p in welcome_c["peers"]] == [a.peer_id, b.peer_id]  # oldest first
@@ -500,16 +504,13 @@ async def test_unknown_type(connect: Connect) -> None:
         {"type": "end_call", "call_id": "c"},
     ],
 )
-async def test_call_lifecycle_is_not_supported_yet(
+async def test_call_messages_before_join_are_not_joined(
     connect: Connect, fields: dict[str, Any]
 ) -> None:
     a = await connect()
-    await a.send(**fields, id="call")  # before join as well as after
-    await a.expect_error("unknown_type", ref="call")
-    await a.join("r")
-    await a.send(**fields, id="call2")
-    frame = await a.expect_error("unknown_type", ref="call2")
-    assert frame["message"] == CALLS_UNSUPPORTED
+    await a.send(**fields, id="call")
+    await a.expect_error("not_joined", ref="call")
+    await a.ping_roundtrip()
 
 
 async def test_too_large_frame_gets_an_error_and_the_socket_lives(connect: Connect) -> None:

@@ -27,6 +27,20 @@ def test_peer_ids_and_tokens_look_random() -> None:
     assert all(len(t) >= 32 for t in tokens)
 
 
+def test_session_tokens_find_the_member_only_while_it_is_joined() -> None:
+    rooms = Rooms(max_peers_per_room=10)
+    a, b = rooms.join("lobby"), rooms.join("other")
+    assert len(a.session_token) >= 43  # 256 random bits
+    assert a.session_token not in (b.session_token, a.resume_token)
+    assert rooms.by_session_token(a.session_token) is a
+    assert rooms.by_session_token(b.session_token) is b
+    assert rooms.by_session_token(a.resume_token) is None
+    assert rooms.by_session_token("") is None
+    rooms.leave(a.peer_id)
+    assert rooms.by_session_token(a.session_token) is None
+    assert rooms.by_session_token(b.session_token) is b
+
+
 def test_join_assigns_unique_ids_and_default_names() -> None:
     rooms = Rooms(max_peers_per_room=10)
     a = rooms.join("lobby", "alice")
@@ -120,6 +134,7 @@ def test_settings_defaults() -> None:
     assert s.heartbeat_s == 20.0
     assert s.max_peers_per_room == 64
     assert s.max_send_queue_bytes >= s.max_message_bytes
+    assert (s.db_path, s.ring_timeout_s) == (None, 90.0)
     with pytest.raises(AttributeError):
         s.port = 1  # type: ignore[misc]
 
@@ -144,6 +159,11 @@ def test_settings_defaults() -> None:
         ({"heartbeat_s": float("nan")}, "heartbeat_s"),
         ({"max_peers_per_room": 0}, "max_peers_per_room"),
         ({"max_send_queue_bytes": 1000}, "max_send_queue_bytes"),
+        ({"db_path": ""}, "db_path"),
+        ({"db_path": 3}, "db_path"),
+        ({"ring_timeout_s": 0}, "ring_timeout_s"),
+        ({"ring_timeout_s": float("inf")}, "ring_timeout_s"),
+        ({"ring_timeout_s": True}, "ring_timeout_s"),
         # A full room's welcome must fit under the cap clients enforce.
         ({"max_peers_per_room": 10_000}, "welcome for a full room"),
         ({"max_message_bytes": 8192, "max_send_queue_bytes": 8192}, "welcome for a full room"),
@@ -160,8 +180,10 @@ def test_settings_accept_valid_custom_values() -> None:
         IceServerInfo(urls=["turn:127.0.0.1:3478?transport=udp"], username="u", credential="p"),
     )
     s = ServerSettings(host="::1", port=0, ice_servers=ice, heartbeat_s=1, max_peers_per_room=2,
-                       max_message_bytes=8192, max_send_queue_bytes=8192)  # fmt: skip
+                       max_message_bytes=8192, max_send_queue_bytes=8192, db_path="calls.db",
+                       ring_timeout_s=0.25)  # fmt: skip
     assert s.ice_servers == ice
+    assert (s.db_path, s.ring_timeout_s) == ("calls.db", 0.25)
 
 
 def test_worst_case_welcome_grows_with_the_room() -> None:
