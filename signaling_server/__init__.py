@@ -1,4 +1,4 @@
-"""callbot's signaling relay: rooms, peer ids and offer/answer/ICE relay over WebSocket.
+"""callbot's signaling relay: rooms, peer ids, offer/answer/ICE relay and the call lifecycle.
 
 The app-level names are imported lazily so that ``import signaling_server.protocol`` (all a peer
 needs) stays stdlib-only and does not pull in aiohttp.

@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 
 from signaling_server import ServerSettings, start_server
+from signaling_server.call_service import CallService
 from signaling_server.calls import Event
+from signaling_server.protocol import ErrorCode, ProtocolError
+from signaling_server.rooms import Rooms
 from signaling_server.store import MemoryStore
 
 from .test_relay import Client, Connect, _connector, _joined
@@ -387,3 +390,44 @@ async def test_a_failed_store_write_changes_nothing(
         await b.expect_error("internal", ref="y")
     await b.send(type="accept_call", call_id=call_id, id="y")  # still ringing: it works now
     await everyone((a, b), "participant_joined", ref_for=b, ref="y")
+
+
+class StuckStore(MemoryStore):
+    """A store whose writes hang until released: a command caught in flight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def append(self, events: Sequence[Event]) -> None:
+        self.entered.set()
+        await self.release.wait()
+        await super().append(events)
+
+
+async def test_closing_the_service_fails_commands_in_flight_and_queued() -> None:
+    rooms = Rooms(max_peers_per_room=4)
+    a, b = rooms.join("r"), rooms.join("r")
+    sent: list[tuple[str, str]] = []
+    service = CallService(
+        rooms=rooms, deliver=lambda peer, text: sent.append((peer, text)), ring_timeout_s=60
+    )
+    store = StuckStore()
+    service.start(store)
+    in_flight = asyncio.create_task(service.start_call(a.peer_id, None))
+    await store.entered.wait()
+    queued = asyncio.create_task(service.start_call(b.peer_id, None))
+    await asyncio.sleep(0)  # it is waiting in the queue now
+    await service.aclose()
+    for task in (in_flight, queued):
+        with pytest.raises(ProtocolError) as info:
+            await task
+        assert info.value.code is ErrorCode.INTERNAL
+        assert "shutting down" in info.value.message
+    assert sent == []  # nothing was told that was not stored
+    assert service.live_count == 0
+    with pytest.raises(ProtocolError):
+        await service.start_call(a.peer_id, None)
+    service.peer_gone(a.peer_id)  # ignored once closed
+    await service.aclose()  # idempotent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,33 @@ async def test_calls_found_unfinished_in_the_file_end_relay_restart(tmp_path: Pa
             await ring(a, b)
             _, page = await Api(http, running.http_url).history("r")
             assert [c["status"] for c in page["calls"]] == ["ringing", "ended"]
+
+
+async def test_concurrent_commands_are_applied_one_at_a_time(
+    relay_api: tuple[RunningServer, Api],
+) -> None:
+    running, api = relay_api
+    async for connect in _connector(running.ws_url):
+        a, b, c, d = await _joined(connect, "r", "a", "b", "c", "d")
+        call_id = await ring(a, b, c, d)
+        # Three declines at once: exactly one of them is the last and ends the call.
+        results = await asyncio.gather(
+            *(api.call("POST", f"/calls/{call_id}/decline", token=token(t)) for t in (b, c, d))
+        )
+        assert [status for status, _ in results] == [200, 200, 200]
+        reasons = [body["call"].get("reason") for _, body in results]
+        assert (reasons.count("all_declined"), reasons.count(None)) == (1, 2)
+        events = [(await a.expect("call_state"))["event"] for _ in range(4)]
+        assert events == ["call_declined"] * 3 + ["call_ended"]
+        # Two peers calling each other at once: both calls ring (being rung is not being busy),
+        # but each caller is now in its own ringing call, so neither can accept the other's.
+        first, second = await asyncio.gather(
+            api.call("POST", "/rooms/r/calls", token=token(a), body={"targets": [b.peer_id]}),
+            api.call("POST", "/rooms/r/calls", token=token(b), body={"targets": [a.peer_id]}),
+        )
+        assert (first[0], second[0]) == (201, 201)
+        status, body = await api.call(
+            "POST", f"/calls/{first[1]['call']['call_id']}/accept", token=token(b)
+        )
+        error(status, body, 409, "invalid_transition")  # b is ringing a in its own call
+        assert body["message"].startswith("busy: ")
