@@ -20,7 +20,9 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import aiohttp
 from aiortc import MediaStreamTrack
 
 from media import (
@@ -37,8 +39,12 @@ from peer import (
     DEFAULT_SERVER_URL,
     LOOPBACK_ONLY,
     CallbotError,
+    ConfigError,
+    ConnectError,
+    Mode,
     Participant,
     ParticipantConfig,
+    ServerError,
 )
 from signaling_server import ServerSettings, serve_forever, start_server
 
@@ -173,17 +179,26 @@ async def _until_stopped(duration: float | None) -> None:
 
 async def _serve(args: argparse.Namespace) -> int:
     await serve_forever(
-        ServerSettings(host=args.host, port=args.port, max_peers_per_room=args.max_room_size)
+        ServerSettings(
+            host=args.host,
+            port=args.port,
+            max_peers_per_room=args.max_room_size,
+            db_path=args.db,
+            ring_timeout_s=args.ring_timeout,
+        )
     )
     return 0
 
 
 async def _join(args: argparse.Namespace) -> int:
     name = args.name or f"bot-{os.getpid()}"
+    calling = args.call is not None
+    mode = Mode(args.mode) if args.mode else Mode.CALL if calling or args.answer else Mode.ROOM
     config = ParticipantConfig(
         room=args.room,
         server_url=args.server,
         name=name,
+        mode=mode,
         receive=not args.no_receive,
         ice_addresses=tuple(args.ice_address or LOOPBACK_ONLY),
     )
@@ -193,16 +208,99 @@ async def _join(args: argparse.Namespace) -> int:
     async with (
         _sources(args.source or ["pattern", "tone"], name) as tracks,
         Participant(config, video=tracks.get("video"), audio=tracks.get("audio")) as me,
+        contextlib.AsyncExitStack() as tasks,
     ):
         print(f"joined room {args.room!r} as {me.peer_id} ({len(me.peers)} others)", flush=True)
         if recorder is not None:
             await recorder.start(me)
+        # We stop on duration/signal, or when the call we placed is over.
+        stoppers = [asyncio.create_task(_until_stopped(args.duration), name="callbot-stop")]
+        if calling:
+            stoppers.append(asyncio.create_task(_place_call(me, args.call), name="callbot-call"))
+        jobs = list(stoppers)
+        if args.answer:
+            jobs.append(asyncio.create_task(_answer(me, args.answer), name="callbot-answer"))
+        tasks.push_async_callback(_cancel, jobs)
         try:
-            await _until_stopped(args.duration)
+            done, _ = await asyncio.wait(stoppers, return_when=asyncio.FIRST_COMPLETED)
+            for job in done:
+                job.result()
         finally:
             if recorder is not None:
                 print((await recorder.aclose()).line(), flush=True)
     return 0
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _answer(me: Participant, policy: str) -> None:
+    """Answer every incoming call by ``policy``: auto (accept), decline, or ignore (let it ring)."""
+    async for call in me.incoming_calls():
+        print(f"incoming call {call.call_id} from {call.started_by}: {policy}", flush=True)
+        try:
+            if policy == "auto":
+                await call.accept()
+            elif policy == "decline":
+                await call.decline()
+        except ServerError as exc:  # e.g. it ended while we were answering
+            print(f"could not {policy} call {call.call_id}: {exc}", flush=True)
+
+
+async def _place_call(me: Participant, targets: Sequence[str]) -> None:
+    """Ring ``targets`` (names or peer ids; ``all``: everyone else), wait for the call to end."""
+    named = [t for t in targets if t != "all"]
+    peers = await me.wait_for_peers(named, timeout_s=None)
+    call = await me.start_call([p.peer_id for p in peers] if named else None)
+    print(f"calling {', '.join(call.info.targets)}: call {call.call_id}", flush=True)
+    info = await call.wait_ended(timeout_s=None)
+    print(
+        f"call {info.call_id} ended: {info.reason} after {info.duration_s or 0:.1f} s "
+        f"(declined by {', '.join(info.declined_by) or 'nobody'})",
+        flush=True,
+    )
+
+
+async def _calls(args: argparse.Namespace) -> int:
+    url = _http_url(args.server, f"/rooms/{quote(args.room, safe='')}/calls")
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.get(url, params={"limit": str(args.limit)}) as response:
+                body = await response.json(content_type=None)
+                if response.status != 200:
+                    raise CallbotError(f"{body.get('code')}: {body.get('message')}")
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise ConnectError(f"cannot read call history from {url}: {exc}") from exc
+    calls = body["calls"]
+    if args.json:
+        print(json.dumps(calls, indent=2))
+        return 0
+    rows = [["CALL", "STATUS", "STARTED (UTC)", "BY", "TARGETS", "DECLINED", "REASON", "SECONDS"]]
+    for c in calls:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c["started_at"]))
+        duration = c.get("duration_s")
+        rows.append([
+            c["call_id"], c["status"], started, c["started_by"], ",".join(c["targets"]),
+            ",".join(c["declined_by"]) or "-", c.get("reason") or "-",
+            f"{duration:.1f}" if duration is not None else "-",
+        ])  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if not calls:
+        print(f"(no calls in room {args.room!r})")
+    return 0
+
+
+def _http_url(ws_url: str, path: str) -> str:
+    parts = urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme)
+    if scheme is None:
+        raise ConfigError(f"server URL {ws_url!r} must start with ws:// or wss://")
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -309,6 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="peers allowed in one room (default 64); more are refused",
     )
+    serve.add_argument(
+        "--db",
+        default=os.environ.get("CALLBOT_DB"),
+        metavar="PATH",
+        help="SQLite file for call history, kept across restarts (CALLBOT_DB; default: in memory)",
+    )
+    serve.add_argument(
+        "--ring-timeout",
+        type=_positive,
+        default=90.0,
+        metavar="SECONDS",
+        help="a call nobody answers ends no_answer after this long (default 90)",
+    )
     serve.set_defaults(func=_serve)
 
     join = sub.add_parser(
@@ -360,6 +471,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="local address ICE may offer; repeatable (default 127.0.0.1 only: calls on this "
         "machine). Give your LAN address to call across machines",
     )  # fmt: skip
+    join.add_argument(
+        "--mode",
+        choices=["room", "call"],
+        help="room: media with everyone present (default); call: media only with "
+        "the other participants of our call (default with --call/--answer)",
+    )
+    join.add_argument(
+        "--call",
+        nargs="+",
+        metavar="all|PEER",
+        help="ring everyone else (all) or these peers (names or ids) once they are "
+        "present; leave when the call ends",
+    )
+    join.add_argument(
+        "--answer",
+        choices=["auto", "decline", "ignore"],
+        help="what to do when rung: accept, decline, or let it ring",
+    )
     join.set_defaults(func=_join)
 
     demo = sub.add_parser(
@@ -383,6 +512,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--json", action="store_true", help="also print a JSON summary line")
     demo.set_defaults(func=_demo)
+
+    calls = sub.add_parser(
+        "calls", help="print a room's call history",
+        description="Print ROOM's calls, newest first, from the relay's history.",
+    )  # fmt: skip
+    calls.add_argument("room", help="room whose calls to list")
+    calls.add_argument(
+        "--server",
+        default=_env("SERVER", DEFAULT_SERVER_URL),
+        help=f"relay WebSocket URL (default {DEFAULT_SERVER_URL}; CALLBOT_SERVER)",
+    )
+    calls.add_argument("--limit", type=int, default=20, help="how many calls (default 20)")
+    calls.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    calls.set_defaults(func=_calls)
 
     bench = sub.add_parser(
         "bench", help="run a benchmark and print its numbers",

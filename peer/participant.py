@@ -84,6 +84,7 @@ class Participant:
         self._links: dict[str, PeerLink] = {}
         self._calls: dict[str, Call] = {}
         self._invites: asyncio.Queue[Call | None] = asyncio.Queue()
+        self._closing: set[asyncio.Task[None]] = set()
         self._peers: dict[str, PeerInfo] = {}
         self._tracks: asyncio.Queue[RemoteTrack | None] = asyncio.Queue()
         self._all_tracks: list[RemoteTrack] = []
@@ -149,9 +150,11 @@ class Participant:
             self._router.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._router
-        links = list(self._links.values())
-        self._links.clear()
-        await asyncio.gather(*(link.aclose() for link in links))
+        for peer_id in list(self._links):
+            self._close_link(peer_id)
+        # Shielded: a caller cancelled mid-close still leaves no half-closed connection.
+        while self._closing:
+            await asyncio.shield(asyncio.gather(*self._closing))
         for pump in self._pumps:
             await pump.aclose()
         await self._signaling.aclose()
@@ -217,6 +220,28 @@ class Participant:
             if failed:
                 raise failed[0] from None
             raise
+
+    async def wait_for_peers(
+        self, names: Sequence[str] = (), *, count: int = 1, timeout_s: float | None = 30.0
+    ) -> list[PeerInfo]:
+        """Wait until every peer in ``names`` (peer ids or display names) is in the room, or,
+        with no names, until ``count`` others are; returns them."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                self._changed.clear()
+                if self._closed:
+                    raise CallbotError("participant closed")
+                found = [self._find_peer(n) for n in names]
+                if names and all(found):
+                    return [p for p in found if p is not None]
+                if not names and len(self._peers) >= count:
+                    return list(self._peers.values())
+                await self._changed.wait()
+
+    def _find_peer(self, name_or_id: str) -> PeerInfo | None:
+        if name_or_id in self._peers:
+            return self._peers[name_or_id]
+        return next((p for p in self._peers.values() if p.name == name_or_id), None)
 
     # ------------------------------------------------------------------ calls
 
@@ -285,13 +310,14 @@ class Participant:
     # ------------------------------------------------------------------ routing
 
     async def _route(self) -> None:
-        await self._sync_links()
+        self._sync_links()
         async for message in self._signaling.messages():
             try:
                 await self._dispatch(message)
-                await self._sync_links()
+                self._sync_links()
             except CallbotError as exc:  # one bad message must not end the participant
                 logger.warning("while handling %s: %s", message.type, exc)
+            self._changed.set()
         if not self._closed:
             logger.warning("lost the relay: %s", self._signaling.close_reason)
 
@@ -330,13 +356,22 @@ class Participant:
             if peer != me and peer in self._peers
         }
 
-    async def _sync_links(self) -> None:
+    def _sync_links(self) -> None:
         wanted = self._wanted()
         for peer_id in wanted - self._links.keys():
             self._open_link(peer_id)
         for peer_id in self._links.keys() - wanted:
-            await self._links.pop(peer_id).aclose()
-            self._changed.set()
+            self._close_link(peer_id)
+
+    def _close_link(self, peer_id: str) -> None:
+        """Close in a task of our own: cancelling the router must not cut a close in half
+        (aiortc then leaves ICE tasks and sockets behind)."""
+        link = self._links.pop(peer_id)
+        logger.debug("closing the link to %s (%s)", peer_id, link.state)
+        task = asyncio.create_task(link.aclose(), name=f"callbot-close-{peer_id}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        task.add_done_callback(lambda _: self._changed.set())
 
     def _open_link(self, peer_id: str) -> PeerLink:
         info = self._peers.get(peer_id) or PeerInfo(peer_id=peer_id, name=peer_id)
@@ -357,6 +392,7 @@ class Participant:
             on_change=self._changed.set,
         )
         self._links[peer_id] = link
+        logger.debug("opening a link to %s (we %s)", peer_id, "offer" if link.offerer else "answer")
         link.start()
         return link
 

@@ -241,3 +241,48 @@ async def test_join_recording_survives_sigterm_and_sigkill(tmp_path: Path) -> No
         (numbers,) = tile_stamps(tmp_path / f"{how}.mkv", 1)
         assert len(numbers) >= 10, (how, len(numbers))
         assert numbers == sorted(numbers)
+
+
+async def test_bots_ring_answer_decline_and_history_survives_restart(tmp_path: Path) -> None:
+    db = str(tmp_path / "calls.db")
+    async with serve("--db", db) as url:
+        desk = asyncio.create_task(
+            run("join", "office", "--server", url, "--name", "desk", "--answer", "auto",
+                "--duration", "14")
+        )  # fmt: skip
+        lobby = asyncio.create_task(
+            run("join", "office", "--server", url, "--name", "lobby", "--answer", "decline",
+                "--duration", "14", "--source", "none")
+        )  # fmt: skip
+        boss = await run(
+            "join", "office", "--server", url, "--name", "boss", "--call", "desk",
+            "--record", str(tmp_path / "boss.mkv"), "--canvas", "640x480", "--duration", "5",
+        )  # fmt: skip
+        nobody = await run(
+            "join", "office", "--server", url, "--name", "temp", "--call", "lobby",
+            "--source", "none", "--duration", "20",
+        )  # fmt: skip
+        desk_result, lobby_result = await desk, await lobby
+    for code, _, err in (boss, nobody, desk_result, lobby_result):
+        assert code == 0, err
+    assert "calling" in boss[1] and "incoming call" in desk_result[1]
+    # The declined call ends at once and its caller leaves without waiting for --duration.
+    assert "ended: all_declined" in nobody[1]
+    assert "incoming call" in lobby_result[1] and ": decline" in lobby_result[1]
+    (numbers,) = tile_stamps(tmp_path / "boss.mkv", 1)
+    assert len(numbers) >= 10 and numbers == sorted(numbers)
+
+    async with serve("--db", db) as url:  # a new relay process on the same history
+        code, out, err = await run("calls", "office", "--server", url, "--json")
+        assert code == 0, err
+        table_code, table, _ = await run("calls", "office", "--server", url)
+    calls = json.loads(out)
+    assert [c["reason"] for c in calls] == ["all_declined", "last_left"]  # newest first
+    answered = calls[1]
+    assert answered["status"] == "ended" and answered["duration_s"] > 0
+    assert table_code == 0 and "last_left" in table and "all_declined" in table
+
+
+async def test_calls_for_an_unreachable_relay_is_a_one_line_error() -> None:
+    code, _, err = await run("calls", "r", "--server", f"ws://127.0.0.1:{free_port()}/ws")
+    assert code == 1 and err.startswith("callbot: error: cannot read call history"), err

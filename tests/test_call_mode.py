@@ -1,0 +1,139 @@
+"""Calls between real participants: ringing, answering, and media only among active participants."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from media import PatternVideoTrack, read_stamp
+from peer import Call, Mode, Participant, ParticipantConfig, RemoteTrack, ServerError
+from signaling_server import RunningServer
+from signaling_server.protocol import CallStatus, EndReason, ErrorCode
+
+
+def config(relay: RunningServer, name: str, **kw: object) -> ParticipantConfig:
+    return ParticipantConfig(
+        room="calls",
+        server_url=relay.ws_url,
+        name=name,
+        mode=Mode.CALL,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def trio(relay: RunningServer) -> AsyncIterator[list[Participant]]:
+    media = [PatternVideoTrack(width=192, height=144, fps=15, seed=i) for i in range(3)]
+    people = [
+        Participant(config(relay, name), video=video)
+        for name, video in zip(("ann", "ben", "cat"), media, strict=True)
+    ]
+    try:
+        for p in people:
+            await p.join()
+        await people[0].wait_for_peers(count=2)
+        yield people
+    finally:
+        for p in people:
+            await p.aclose()
+        for m in media:
+            m.stop()
+
+
+async def ring(p: Participant) -> Call:
+    async with asyncio.timeout(10):
+        async for call in p.incoming_calls():
+            return call
+    raise AssertionError("no incoming call")
+
+
+async def video_from(p: Participant, tracks: dict[str, RemoteTrack], peer_id: str) -> RemoteTrack:
+    """The live video track ``p`` receives from ``peer_id`` (remembered in ``tracks``)."""
+    async with asyncio.timeout(20):
+        while peer_id not in tracks or tracks[peer_id].ended:
+            for track in p.received_tracks:
+                if track.kind == "video" and track.peer_id == peer_id and not track.ended:
+                    tracks[peer_id] = track
+            await asyncio.sleep(0.05)
+    return tracks[peer_id]
+
+
+async def stamps(track: RemoteTrack, n: int) -> list[int]:
+    numbers: list[int] = []
+    async with asyncio.timeout(20):
+        while len(numbers) < n:
+            stamp = await asyncio.to_thread(read_stamp, await track.recv())
+            if stamp is not None:
+                numbers.append(stamp.frame_number)
+    return numbers
+
+
+async def test_three_party_call_is_a_mesh_until_the_last_leaves(trio: list[Participant]) -> None:
+    ann, ben, cat = trio
+    # Call mode: no media before a call is active.
+    await asyncio.sleep(0.3)
+    assert all(not p.received_tracks for p in trio)
+
+    call = await ann.start_call()  # everyone else in the room
+    assert call.status is CallStatus.RINGING
+    assert sorted(call.info.targets) == sorted([ben.peer_id, cat.peer_id])
+    for p in (ben, cat):
+        invite = await ring(p)
+        assert invite.call_id == call.call_id and invite.incoming
+        await invite.accept()
+    await call.wait_for(CallStatus.ACTIVE)
+
+    received: dict[str, dict[str, RemoteTrack]] = {p.peer_id: {} for p in trio}
+    for me in trio:
+        for other in trio:
+            if other is not me:
+                track = await video_from(me, received[me.peer_id], other.peer_id)
+                numbers = await stamps(track, 10)
+                assert numbers == sorted(numbers), (me.config.name, other.config.name)
+
+    # cat leaves: its tracks end, ann and ben keep receiving each other.
+    cat_call = cat.calls[call.call_id]
+    await cat_call.leave()
+    async with asyncio.timeout(10):
+        while not received[ann.peer_id][cat.peer_id].ended:
+            await asyncio.sleep(0.05)
+    assert call.status is CallStatus.ACTIVE and cat.peer_id not in call.participants
+    assert await stamps(received[ann.peer_id][ben.peer_id], 5)
+    assert await stamps(received[ben.peer_id][ann.peer_id], 5)
+    assert cat.link(ann.peer_id) is None and cat.link(ben.peer_id) is None
+
+    await ben.calls[call.call_id].leave()
+    await call.leave()
+    info = await call.wait_ended()
+    assert info.reason is EndReason.LAST_LEFT and info.duration_s is not None
+    async with asyncio.timeout(10):
+        while ann.link(ben.peer_id) is not None:
+            await asyncio.sleep(0.05)
+
+
+async def test_declined_call_never_connects_media(trio: list[Participant]) -> None:
+    ann, ben, cat = trio
+    call = await ann.start_call([ben.peer_id])
+    invite = await ring(ben)
+    await invite.decline()
+    info = await call.wait_ended()
+    assert info.reason is EndReason.ALL_DECLINED and info.declined_by == [ben.peer_id]
+    assert ann.link(ben.peer_id) is None and not ann.received_tracks
+    assert [s.event for s in [s async for s in invite.updates()]][-1] == "call_ended"
+    # The relay refuses a command the state machine does not allow, with its code.
+    with pytest.raises(ServerError) as refused:
+        await invite.accept()
+    assert refused.value.code is ErrorCode.INVALID_TRANSITION
+    assert cat.calls == {}
+
+
+async def test_busy_initiator_is_refused(trio: list[Participant]) -> None:
+    ann, ben, _ = trio
+    call = await ann.start_call([ben.peer_id])
+    with pytest.raises(ServerError) as refused:
+        await ann.start_call([ben.peer_id])
+    assert refused.value.code is ErrorCode.INVALID_TRANSITION
+    await call.end()
+    assert (await call.wait_ended()).reason is EndReason.CANCELLED
