@@ -38,6 +38,7 @@ from media import (
 from peer import (
     DEFAULT_SERVER_URL,
     LOOPBACK_ONLY,
+    Call,
     CallbotError,
     ConfigError,
     ConnectError,
@@ -47,6 +48,7 @@ from peer import (
     ServerError,
 )
 from signaling_server import ServerSettings, serve_forever, start_server
+from signaling_server.protocol import CallInfo, CallStatus
 
 logger = logging.getLogger("callbot")
 
@@ -244,10 +246,27 @@ async def _answer(me: Participant, policy: str) -> None:
         try:
             if policy == "auto":
                 await call.accept()
+                # One call at a time: others keep ringing until this one is over for us.
+                await _hang_up_when_over(call)
             elif policy == "decline":
                 await call.decline()
         except ServerError as exc:  # e.g. it ended while we were answering
             print(f"could not {policy} call {call.call_id}: {exc}", flush=True)
+
+
+async def _hang_up_when_over(call: Call) -> CallInfo:
+    """Leave once everyone else has; return the final state of the call as we saw it."""
+    info = await call.wait_alone_or_ended()
+    if info.status is not CallStatus.ENDED:
+        info = await call.leave()
+    print(
+        f"call {info.call_id} ended: {info.reason} after {info.duration_s or 0:.1f} s "
+        f"(declined by {', '.join(info.declined_by) or 'nobody'})"
+        if info.status is CallStatus.ENDED
+        else f"left call {info.call_id}",
+        flush=True,
+    )
+    return info
 
 
 async def _place_call(me: Participant, targets: Sequence[str]) -> None:
@@ -256,12 +275,7 @@ async def _place_call(me: Participant, targets: Sequence[str]) -> None:
     peers = await me.wait_for_peers(named, timeout_s=None)
     call = await me.start_call([p.peer_id for p in peers] if named else None)
     print(f"calling {', '.join(call.info.targets)}: call {call.call_id}", flush=True)
-    info = await call.wait_ended(timeout_s=None)
-    print(
-        f"call {info.call_id} ended: {info.reason} after {info.duration_s or 0:.1f} s "
-        f"(declined by {', '.join(info.declined_by) or 'nobody'})",
-        flush=True,
-    )
+    await _hang_up_when_over(call)
 
 
 async def _calls(args: argparse.Namespace) -> int:

@@ -103,6 +103,30 @@ class Call:
     async def wait_ended(self, *, timeout_s: float | None = 30.0) -> CallInfo:
         return await self.wait_for(CallStatus.ENDED, timeout_s=timeout_s)
 
+    async def wait_until(
+        self, predicate: Callable[[CallInfo], bool], *, timeout_s: float | None = 30.0
+    ) -> CallInfo:
+        """Wait until ``predicate(info)`` holds (checked on every change)."""
+        async with asyncio.timeout(timeout_s):
+            while not predicate(self.info):
+                self._changed.clear()
+                await self._changed.wait()
+        return self.info
+
+    async def wait_alone_or_ended(self, *, timeout_s: float | None = None) -> CallInfo:
+        """Wait until everyone else has left an answered call we are in, or it ended.
+
+        The relay keeps a call active while one participant remains (it ends ``last_left`` when
+        that one leaves too); a bot uses this to hang up when the conversation is over.
+        """
+        return await self.wait_until(
+            lambda info: (
+                info.status is CallStatus.ENDED
+                or (info.answered_at is not None and info.participants == [self._me])
+            ),
+            timeout_s=timeout_s,
+        )
+
     # ------------------------------------------------------------------ commands
 
     async def accept(self) -> CallInfo:

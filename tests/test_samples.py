@@ -11,8 +11,9 @@ from pathlib import Path
 import av
 
 from media import PatternVideoTrack, ToneAudioTrack, fit, grid, read_stamp
-from peer import Participant, ParticipantConfig
+from peer import Mode, Participant, ParticipantConfig
 from signaling_server import RunningServer
+from signaling_server.protocol import CallStatus, EndReason
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 
@@ -59,3 +60,34 @@ async def test_record_room_sample_records_a_publisher(relay: RunningServer, tmp_
     rect = fit(320, 240, grid(1, frames[0].width, frames[0].height)[0])
     stamps = [read_stamp(f, rect) for f in frames]
     assert sum(s is not None for s in stamps) >= 10
+
+
+async def test_answer_bot_sample_answers_and_records_a_call(
+    relay: RunningServer, tmp_path: Path
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(SAMPLES / "answer_bot.py"), relay.ws_url, "office", str(tmp_path), "12",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    video = PatternVideoTrack(width=320, height=240, label="caller")
+    cfg = ParticipantConfig(room="office", server_url=relay.ws_url, name="caller", mode=Mode.CALL)
+    async with Participant(cfg, video=video) as caller:
+        await caller.wait_for_peers(["answer-bot"])
+        call = await caller.start_call()
+        await call.wait_for(CallStatus.ACTIVE)
+        await caller.wait_connected(1)
+        await asyncio.sleep(3)
+        await call.leave()
+        # The bot notices it is alone and leaves too, which ends the call.
+        assert (await call.wait_ended(timeout_s=10)).reason is EndReason.LAST_LEFT
+    video.stop()
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert f"answered call {call.call_id}" in out.decode()
+    assert f"call {call.call_id} ended (last_left)" in out.decode()
+    recording = tmp_path / f"{call.call_id}.mkv"
+    with av.open(str(recording)) as container:
+        frames = list(container.decode(video=0))
+    rect = fit(320, 240, grid(1, frames[0].width, frames[0].height)[0])
+    assert sum(read_stamp(f, rect) is not None for f in frames) >= 10
