@@ -10,6 +10,7 @@ from .errors import (
     NegotiationError,
     ServerError,
     SignalingError,
+    WaitTimeout,
 )
 from .participant import Participant
 from .tracks import RemoteTrack
@@ -31,4 +32,5 @@ __all__ = [
     "RemoteTrack",
     "ServerError",
     "SignalingError",
+    "WaitTimeout",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlparse
@@ -71,11 +72,14 @@ class ParticipantConfig:
     audio_buffer_frames: int = 25
 
     def __post_init__(self) -> None:
-        if not self.room or len(self.room) > MAX_ROOM_LENGTH:
-            raise ConfigError(f"room must be 1..{MAX_ROOM_LENGTH} characters")
-        if self.name is not None and (not self.name or len(self.name) > MAX_NAME_LENGTH):
-            raise ConfigError(f"name must be 1..{MAX_NAME_LENGTH} characters")
-        url = urlparse(self.server_url)
+        _check_text("room", self.room, MAX_ROOM_LENGTH)
+        if self.name is not None:
+            _check_text("name", self.name, MAX_NAME_LENGTH)
+        try:
+            url = urlparse(self.server_url)
+            url.port  # noqa: B018 - raises ValueError for a malformed port
+        except ValueError as exc:
+            raise ConfigError(f"server URL {self.server_url!r} is malformed: {exc}") from None
         if url.scheme not in ("ws", "wss") or not url.hostname:
             raise ConfigError(
                 f"server URL {self.server_url!r} must look like ws://HOST:PORT/ws or wss://..."
@@ -84,14 +88,32 @@ class ParticipantConfig:
             if not self.ice_addresses:
                 raise ConfigError("ice_addresses must name at least one address (or be None)")
             for address in self.ice_addresses:
-                try:
-                    ipaddress.ip_address(address)
-                except ValueError:
-                    raise ConfigError(f"ice address {address!r} is not an IP address") from None
-        if self.connect_timeout_s <= 0 or self.negotiation_timeout_s <= 0:
+                _check_ice_address(address)
+        timeouts = (self.connect_timeout_s, self.negotiation_timeout_s)
+        if not all(math.isfinite(t) and t > 0 for t in timeouts):
             raise ConfigError("timeouts must be positive")
         if self.video_buffer_frames < 1 or self.audio_buffer_frames < 1:
             raise ConfigError("buffers must hold at least one frame")
+
+
+def _check_text(field: str, value: str, limit: int) -> None:
+    """The relay's own rules for room and name, checked before connecting."""
+    if not value.strip():
+        raise ConfigError(f"{field} must not be empty or blank")
+    if len(value) > limit:
+        raise ConfigError(f"{field} must be at most {limit} characters")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ConfigError(f"{field} must not contain control characters")
+
+
+def _check_ice_address(address: str) -> None:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(f"ice address {address!r} is not an IP address") from None
+    if ip.is_unspecified or ip.is_multicast:
+        # 0.0.0.0 would bind every interface: the opposite of a policy.
+        raise ConfigError(f"ice address {address!r} must be one local unicast address")
 
 
 __all__ = ["DEFAULT_SERVER_URL", "LOOPBACK_ONLY", "IceServer", "Mode", "ParticipantConfig"]

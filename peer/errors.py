@@ -4,6 +4,7 @@
 
     CallbotError                 root of everything callbot's peer package raises
     ├── ConfigError              a config that cannot work (also a ValueError)
+    ├── WaitTimeout              a wait_* helper ran out of time (also a TimeoutError)
     ├── SignalingError           talking to the relay failed
     │   ├── ConnectError         the relay could not be reached or the WebSocket dropped
     │   └── ServerError          the relay answered ``error`` (carries its ErrorCode)
@@ -22,6 +23,10 @@ class CallbotError(Exception):
 
 class ConfigError(CallbotError, ValueError):
     pass
+
+
+class WaitTimeout(CallbotError, TimeoutError):
+    """Says what was being waited for, unlike a bare ``TimeoutError``."""
 
 
 class SignalingError(CallbotError):
@@ -59,4 +64,5 @@ __all__ = [
     "NegotiationError",
     "ServerError",
     "SignalingError",
+    "WaitTimeout",
 ]

@@ -11,19 +11,13 @@ and puts them in the SDP; candidates trickled by others (browsers) are applied a
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc.exceptions import (
-    InternalError,
-    InvalidAccessError,
-    InvalidStateError,
-    OperationError,
-)
 from aiortc.sdp import candidate_from_sdp
 
 from signaling_server.protocol import (
@@ -44,15 +38,8 @@ from .tracks import RemoteTrack, TrackPump
 logger = logging.getLogger(__name__)
 
 KINDS = ("audio", "video")
-#: What aiortc raises for SDP it cannot use or a call made in the wrong signaling state.
-_AIORTC_REJECTS = (
-    ValueError,
-    AssertionError,
-    InternalError,
-    InvalidAccessError,
-    InvalidStateError,
-    OperationError,
-)
+#: Candidates buffered before the remote description; a peer that floods them has failed.
+MAX_PENDING_CANDIDATES = 256
 Inbound = RelayedOffer | RelayedAnswer | RelayedIceCandidate
 
 
@@ -78,6 +65,7 @@ class LinkOptions:
     receive: bool
     video_buffer_frames: int
     audio_buffer_frames: int
+    negotiation_timeout_s: float = 30.0
 
 
 class PeerLink:
@@ -110,6 +98,7 @@ class PeerLink:
         self._pending_candidates: list[RelayedIceCandidate] = []
         self._have_remote = False
         self._worker: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
         self.failed: NegotiationError | None = None
         self.pc.on("track", self._track_event)
@@ -121,7 +110,9 @@ class PeerLink:
 
     def start(self) -> None:
         """Begin: the offerer sends its offer; the other side waits for it."""
-        self._worker = asyncio.create_task(self._work(), name=f"callbot-link-{self.remote.peer_id}")
+        name = f"callbot-link-{self.remote.peer_id}"
+        self._worker = asyncio.create_task(self._work(), name=name)
+        self._watchdog = asyncio.create_task(self._watch(), name=f"{name}-watchdog")
 
     def deliver(self, message: Inbound) -> None:
         if not self._closed:
@@ -139,12 +130,30 @@ class PeerLink:
                     await self._handle(message)
                 except NegotiationError as exc:
                     self._fail(exc)
-                except _AIORTC_REJECTS as exc:  # bad SDP or a call in the wrong state
-                    self._fail(NegotiationError(self.remote.peer_id, f"{message.type}: {exc}"))
+                except Exception as exc:
+                    # The input is foreign (another peer's SDP), and aiortc answers bad SDP with
+                    # many exception types (ValueError, KeyError, AttributeError...): whatever
+                    # it raises, only this link fails; the participant goes on.
+                    logger.debug("%s from %s rejected", message.type, self.remote.peer_id,
+                                 exc_info=True)  # fmt: skip
+                    detail = f"{message.type}: {type(exc).__name__}: {exc}"
+                    self._fail(NegotiationError(self.remote.peer_id, detail))
         except NegotiationError as exc:
             self._fail(exc)
         except SignalingError as exc:  # the relay went away while we were sending
             self._fail(NegotiationError(self.remote.peer_id, str(exc)))
+
+    async def _watch(self) -> None:
+        """A link that is not connected within the negotiation timeout has failed."""
+        await asyncio.sleep(self._options.negotiation_timeout_s)
+        if self.state != "connected" and self.failed is None:
+            self._fail(
+                NegotiationError(
+                    self.remote.peer_id,
+                    f"not connected after {self._options.negotiation_timeout_s:g} s "
+                    f"(state {self.state}, signaling {self.pc.signalingState})",
+                )
+            )
 
     async def _handle(self, message: Inbound) -> None:
         if isinstance(message, RelayedOffer):
@@ -152,10 +161,16 @@ class PeerLink:
         elif isinstance(message, RelayedAnswer):
             if self.pc.signalingState != "have-local-offer":
                 raise NegotiationError(self.remote.peer_id, "an answer came without our offer")
-            await self.pc.setRemoteDescription(RTCSessionDescription(message.sdp, "answer"))
+            sdp = self._allowed_sdp(message.sdp)
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
             self._have_remote = True
             await self._flush_candidates()
         elif not self._have_remote:
+            if len(self._pending_candidates) >= MAX_PENDING_CANDIDATES:
+                raise NegotiationError(
+                    self.remote.peer_id,
+                    f"over {MAX_PENDING_CANDIDATES} candidates before any description",
+                )
             self._pending_candidates.append(message)
         else:
             await self._add_candidate(message)
@@ -180,7 +195,7 @@ class PeerLink:
         if self.pc.signalingState != "stable":
             # Cannot happen with the id rule; refusing beats corrupting the session.
             raise NegotiationError(self.remote.peer_id, "an offer arrived during our own offer")
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+        await self.pc.setRemoteDescription(RTCSessionDescription(self._allowed_sdp(sdp), "offer"))
         self._have_remote = True
         for transceiver in self.pc.getTransceivers():
             pump = self._local.get(transceiver.kind)
@@ -214,11 +229,42 @@ class PeerLink:
         except (AssertionError, ValueError, IndexError):
             logger.warning("ignoring a malformed candidate from %s", self.remote.peer_id)
             return
+        if not self._allowed_remote(candidate.ip):
+            logger.info("ignoring candidate %s from %s: not an IP address", candidate.ip,
+                        self.remote.peer_id)  # fmt: skip
+            return
         candidate.sdpMid = message.sdp_mid
         candidate.sdpMLineIndex = message.sdp_m_line_index
         if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
             candidate.sdpMLineIndex = 0
         await self.pc.addIceCandidate(candidate)
+
+    def _allowed_remote(self, address: str) -> bool:
+        """Under a host-candidate policy, remote candidates must be IP literals.
+
+        Anything else would make aioice resolve it: a ``.local`` name (what browsers send by
+        default) opens a wildcard mDNS socket and multicasts a query, a DNS name asks a resolver;
+        neither belongs to a call confined to the policy's addresses.
+        """
+        if self._options.ice_addresses is None:
+            return True
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return True
+
+    def _allowed_sdp(self, sdp: str) -> str:
+        """The SDP without candidate lines that :meth:`_allowed_remote` refuses."""
+        kept = []
+        for line in sdp.splitlines():
+            fields = line.split()
+            refused = len(fields) > 4 and not self._allowed_remote(fields[4])
+            if line.startswith("a=candidate:") and refused:
+                logger.info("dropping candidate %s from %s's SDP", fields[4], self.remote.peer_id)
+                continue
+            kept.append(line)
+        return "\r\n".join(kept) + "\r\n"
 
     def _subscribe(self, pump: TrackPump) -> Any:
         ring = pump.subscribe()
@@ -277,20 +323,22 @@ class PeerLink:
         if self._closed:
             return
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        own = [t for t in (self._worker, self._watchdog) if t is not None]
+        for task in own:
+            task.cancel()
+        # return_exceptions: whatever a task died of, closing goes on to the end.
+        await asyncio.gather(*own, return_exceptions=True)
         for pump, ring in self._rings:
             pump.unsubscribe(ring)
-        await self.pc.close()
-        for task in tuple(self._drains):
-            task.cancel()
-        for task in tuple(self._drains):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for remote in self._remote_tracks:
-            remote.end()
+        try:
+            await self.pc.close()
+        finally:
+            drains = tuple(self._drains)
+            for task in drains:
+                task.cancel()
+            await asyncio.gather(*drains, return_exceptions=True)
+            for remote in self._remote_tracks:
+                remote.end()
 
 
 __all__ = ["LinkOptions", "PeerLink", "direction", "is_offerer"]

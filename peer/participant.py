@@ -46,7 +46,14 @@ from signaling_server.protocol import (
 
 from .calls import Call
 from .config import IceServer, Mode, ParticipantConfig
-from .errors import CallbotError, ConfigError, JoinRefused, NegotiationError, ServerError
+from .errors import (
+    CallbotError,
+    ConfigError,
+    JoinRefused,
+    NegotiationError,
+    ServerError,
+    WaitTimeout,
+)
 from .negotiation import LinkOptions, PeerLink
 from .signaling import SignalingClient
 from .tracks import RemoteTrack, TrackPump
@@ -143,24 +150,25 @@ class Participant:
         if self._closed:
             return
         self._closed = True
-        if say_goodbye and self._welcome is not None:
-            with contextlib.suppress(CallbotError):
-                await self._signaling.send(Leave())
-        if self._router is not None:
-            self._router.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._router
-        for peer_id in list(self._links):
-            self._close_link(peer_id)
-        # Shielded: a caller cancelled mid-close still leaves no half-closed connection.
-        while self._closing:
-            await asyncio.shield(asyncio.gather(*self._closing))
-        for pump in self._pumps:
-            await pump.aclose()
-        await self._signaling.aclose()
-        self._tracks.put_nowait(None)
-        self._invites.put_nowait(None)
-        self._changed.set()
+        try:
+            if say_goodbye and self._welcome is not None:
+                with contextlib.suppress(CallbotError):
+                    await self._signaling.send(Leave())
+            if self._router is not None:
+                self._router.cancel()
+                await asyncio.gather(self._router, return_exceptions=True)
+            for peer_id in list(self._links):
+                self._close_link(peer_id)
+            # Shielded: a caller cancelled mid-close still leaves no half-closed connection.
+            while self._closing:
+                await asyncio.shield(asyncio.gather(*self._closing, return_exceptions=True))
+            for pump in self._pumps:
+                await pump.aclose()
+        finally:
+            await self._signaling.aclose()
+            self._tracks.put_nowait(None)
+            self._invites.put_nowait(None)
+            self._changed.set()
 
     # ------------------------------------------------------------------ what users read
 
@@ -219,24 +227,31 @@ class Participant:
             failed = [link.failed for link in self._links.values() if link.failed]
             if failed:
                 raise failed[0] from None
-            raise
+            up = sum(link.state == "connected" for link in self._links.values())
+            raise WaitTimeout(
+                f"only {up} of {count} media connections came up within {timeout_s:g} s"
+            ) from None
 
     async def wait_for_peers(
         self, names: Sequence[str] = (), *, count: int = 1, timeout_s: float | None = 30.0
     ) -> list[PeerInfo]:
         """Wait until every peer in ``names`` (peer ids or display names) is in the room, or,
         with no names, until ``count`` others are; returns them."""
-        async with asyncio.timeout(timeout_s):
-            while True:
-                self._changed.clear()
-                if self._closed:
-                    raise CallbotError("participant closed")
-                found = [self._find_peer(n) for n in names]
-                if names and all(found):
-                    return [p for p in found if p is not None]
-                if not names and len(self._peers) >= count:
-                    return list(self._peers.values())
-                await self._changed.wait()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    self._changed.clear()
+                    if self._closed:
+                        raise CallbotError("participant closed")
+                    found = [self._find_peer(n) for n in names]
+                    if names and all(found):
+                        return [p for p in found if p is not None]
+                    if not names and len(self._peers) >= count:
+                        return list(self._peers.values())
+                    await self._changed.wait()
+        except TimeoutError:
+            wanted = ", ".join(names) if names else f"{count} other peer(s)"
+            raise WaitTimeout(f"{wanted} did not join within {timeout_s:g} s") from None
 
     def _find_peer(self, name_or_id: str) -> PeerInfo | None:
         if name_or_id in self._peers:
@@ -382,6 +397,7 @@ class Participant:
             receive=self.config.receive,
             video_buffer_frames=self.config.video_buffer_frames,
             audio_buffer_frames=self.config.audio_buffer_frames,
+            negotiation_timeout_s=self.config.negotiation_timeout_s,
         )
         link = PeerLink(
             info,

@@ -110,9 +110,12 @@ async def test_unreceived_media_stays_bounded(relay: RunningServer) -> None:
         Participant(config(relay, "sender", receive=False), video=video),
     ):
         track = await next_track(lazy, "video")
-        await asyncio.sleep(1.0)  # nobody reads: frames must be dropped, not queued
-        assert track.frames_in > 10
-        assert track.frames_dropped >= track.frames_in - 3
+        await asyncio.wait_for(track.recv(), 20)  # media flows; from now on nobody reads
+        async with asyncio.timeout(20):
+            while track.frames_in < 15:
+                await asyncio.sleep(0.05)
+        # Everything but the one frame read and the 3 the ring holds was dropped, not queued.
+        assert track.frames_dropped >= track.frames_in - 1 - 3
     video.stop()
 
 
@@ -120,11 +123,18 @@ async def test_publish_only_bots_send_each_other_nothing(relay: RunningServer) -
     tracks = [PatternVideoTrack(width=160, height=120, seed=i) for i in range(2)]
     async with (
         Participant(config(relay, "b1", receive=False), video=tracks[0]) as b1,
-        Participant(config(relay, "b2", receive=False), video=tracks[1]),
+        Participant(config(relay, "b2", receive=False), video=tracks[1]) as b2,
     ):
         await b1.wait_connected(1)
         await asyncio.sleep(0.5)
         assert b1.received_tracks == []
+        # Not just ignored: negotiated inactive, so no RTP crosses either way.
+        link = b1.link(b2.peer_id)
+        assert link is not None
+        assert [t.currentDirection for t in link.pc.getTransceivers()] == ["inactive"]
+        stats = await link.pc.getStats()
+        inbound = [s for s in stats.values() if s.type == "inbound-rtp"]
+        assert sum(s.packetsReceived for s in inbound) == 0
     for t in tracks:
         t.stop()
 
