@@ -13,11 +13,12 @@ import importlib
 import inspect
 import json
 import logging
+import math
 import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -45,15 +46,18 @@ from peer import (
     Mode,
     Participant,
     ParticipantConfig,
+    RemoteTrack,
     ServerError,
 )
-from signaling_server import ServerSettings, serve_forever, start_server
+from signaling_server import ServerSettings, start_server
 from signaling_server.protocol import CallInfo, CallStatus
 
 logger = logging.getLogger("callbot")
 
 EXIT_ERROR = 1
-EXIT_USAGE = 2
+EXIT_SIGNALLED = 128 + signal.SIGTERM
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+LOG_FORMATS = ["text", "json"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -78,9 +82,29 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be greater than zero")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError("must be a finite number greater than zero")
     return value
+
+
+def _fps(text: str) -> float:
+    value = _positive(text)
+    if value > 120:
+        raise argparse.ArgumentTypeError("must be at most 120")
+    return value
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
+        return value
+
+    return parse
 
 
 def _seed(name: str) -> int:
@@ -135,6 +159,7 @@ class CallRecorder:
             path, video=self._compositor.output, audio=self._mixer.output, fps=fps
         )
         self._feeder: asyncio.Task[None] | None = None
+        self._videos: list[tuple[str, RemoteTrack]] = []
 
     async def start(self, participant: Participant) -> None:
         await self._recorder.start()
@@ -142,53 +167,107 @@ class CallRecorder:
 
     async def _feed(self, participant: Participant) -> None:
         async for track in participant.tracks():
-            if track.kind == "video":
-                self._compositor.add_track(track, label=track.peer_name)
-            else:
-                self._mixer.add_track(track)
+            try:
+                if track.kind == "video":
+                    label = self._add_video(track)
+                    self._videos.append((label, track))
+                else:
+                    self._mixer.add_track(track)
+            except (MediaError, ValueError) as exc:  # one odd track must not stop the rest
+                logger.warning("not recording %r: %s", track, exc)
+
+    def _add_video(self, track: RemoteTrack) -> str:
+        """Tile labels must be unique, display names need not be: add the peer id's tail."""
+        taken = {label for label, t in self._videos if not t.ended}
+        for label in (track.peer_name, f"{track.peer_name} {track.peer_id[-4:]}"):
+            if label not in taken:
+                break
+        else:
+            label = f"{track.peer_name} {track.peer_id}#{len(self._videos)}"
+        self._compositor.add_track(track, label=label)
+        return label
 
     async def aclose(self) -> RecordingSummary:
         if self._feeder is not None:
             self._feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._feeder
-        fps = {s.label: s.fps for s in self._compositor.stats().values()}
-        info = await self._recorder.aclose()
-        await self._compositor.aclose()
-        await self._mixer.aclose()
+        try:
+            info = await self._recorder.aclose()
+        finally:
+            await self._compositor.aclose()
+            await self._mixer.aclose()
+        # Arrival rate where frames are decoded (the compositor's inputs start with a burst).
+        fps: dict[str, float] = {}
+        for label, track in self._videos:
+            fps[label] = max(fps.get(label, 0.0), track.fps)
         return RecordingSummary(info=info, fps=fps)
 
 
-async def _until_stopped(duration: float | None) -> None:
+class _Stopper:
+    """SIGINT/SIGTERM for the whole command, installed as soon as its loop runs.
+
+    While the command waits in :func:`_until_stopped`, a signal ends that wait, so it leaves
+    the way it would at the end of ``--duration``. Before that (connecting, joining), a signal
+    cancels the command: its ``async with`` blocks still unwind and close what they opened.
+    """
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.waiting = 0
+        self._task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._signalled)
+
+    def _signalled(self) -> None:
+        if self.waiting:
+            self.event.set()
+        elif self._task is not None:
+            self._task.cancel()
+
+
+async def _until_stopped(stopper: _Stopper, duration: float | None) -> None:
     """Sleep for ``duration`` (forever if None), returning early on SIGINT/SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stopper.waiting += 1
     try:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration):
-                await stop.wait()
+                await stopper.event.wait()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
+        stopper.waiting -= 1
+
+
+async def _run(args: argparse.Namespace) -> int:
+    args.stopper = _Stopper()
+    try:
+        code: int = await args.func(args)
+    except asyncio.CancelledError:
+        return EXIT_SIGNALLED  # stopped by a signal before it could stop gracefully
+    return code
 
 
 # ----------------------------------------------------------------------------- commands
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    await serve_forever(
-        ServerSettings(
+    try:
+        settings = ServerSettings(
             host=args.host,
             port=args.port,
             max_peers_per_room=args.max_room_size,
             db_path=args.db,
             ring_timeout_s=args.ring_timeout,
         )
-    )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    async with start_server(settings) as server:
+        # Printed, not logged: with --port 0 this is how a user learns the port.
+        print(f"callbot relay listening on {server.ws_url}", flush=True)
+        await _until_stopped(
+            args.stopper, None
+        )  # then leaving the block closes every socket with 1001
     return 0
 
 
@@ -216,7 +295,9 @@ async def _join(args: argparse.Namespace) -> int:
         if recorder is not None:
             await recorder.start(me)
         # We stop on duration/signal, or when the call we placed is over.
-        stoppers = [asyncio.create_task(_until_stopped(args.duration), name="callbot-stop")]
+        stoppers = [
+            asyncio.create_task(_until_stopped(args.stopper, args.duration), name="callbot-stop")
+        ]
         if calling:
             stoppers.append(asyncio.create_task(_place_call(me, args.call), name="callbot-call"))
         jobs = list(stoppers)
@@ -339,7 +420,7 @@ async def _demo(args: argparse.Namespace) -> int:
             await viewer.wait_connected(len(bots), timeout_s=30)
             await recorder.start(viewer)
             started = time.monotonic()
-            await _until_stopped(args.duration)
+            await _until_stopped(args.stopper, args.duration)
             logger.info("recorded for %.1f s", time.monotonic() - started)
         finally:
             summary = await recorder.aclose()
@@ -387,13 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "warning"),
-        choices=["debug", "info", "warning", "error"],
+        choices=LOG_LEVELS,
         help="default: warning (CALLBOT_LOG_LEVEL)",
     )
     parser.add_argument(
         "--log-format",
         default=_env("LOG_FORMAT", "text"),
-        choices=["text", "json"],
+        choices=LOG_FORMATS,
         help="log line format (CALLBOT_LOG_FORMAT)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -410,13 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--port",
-        type=int,
-        default=int(_env("PORT", "8080")),
+        type=_int_in(0, 65535),
+        default=_env("PORT", "8080"),  # a string: argparse converts (and checks) it
         help="port (default 8080; 0 picks a free one; CALLBOT_PORT)",
     )
     serve.add_argument(
         "--max-room-size",
-        type=int,
+        type=_int_in(1, 100_000),
         default=64,
         metavar="N",
         help="peers allowed in one room (default 64); more are refused",
@@ -474,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WxH",
         help="recording canvas size (default 1280x720)",
     )
-    join.add_argument("--fps", type=_positive, default=30.0, help="recording frame rate")
+    join.add_argument("--fps", type=_fps, default=30.0, help="recording frame rate (max 120)")
     join.add_argument(
         "--no-receive",
         action="store_true",
@@ -537,7 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("SERVER", DEFAULT_SERVER_URL),
         help=f"relay WebSocket URL (default {DEFAULT_SERVER_URL}; CALLBOT_SERVER)",
     )
-    calls.add_argument("--limit", type=int, default=20, help="how many calls (default 20)")
+    calls.add_argument(
+        "--limit", type=_int_in(1, 100), default=20, help="how many calls (1-100, default 20)"
+    )
     calls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     calls.set_defaults(func=_calls)
 
@@ -548,7 +631,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     bench.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--frames", type=int, default=100, help="samples per measurement")
+    bench.add_argument(
+        "--frames", type=_int_in(1, 100_000), default=100, help="samples per measurement"
+    )
     bench.set_defaults(func=_bench)
     return parser
 
@@ -577,16 +662,21 @@ def _configure_logging(level: str, fmt: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # argparse checks choices only for values given as flags, not for CALLBOT_* defaults.
+    if args.log_level not in LOG_LEVELS:
+        parser.error(f"CALLBOT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    if args.log_format not in LOG_FORMATS:
+        parser.error(f"CALLBOT_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
     _configure_logging(args.log_level, args.log_format)
     try:
         if inspect.iscoroutinefunction(args.func):
-            code: int = asyncio.run(args.func(args))
+            code: int = asyncio.run(_run(args))
         else:
             code = args.func(args)
     except KeyboardInterrupt:
         return 130
     except (CallbotError, MediaError, OSError) as exc:
-        print(f"callbot: error: {exc}", file=sys.stderr)
+        print(f"callbot: error: {str(exc) or type(exc).__name__}", file=sys.stderr)
         return EXIT_ERROR
     return code
 

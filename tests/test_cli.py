@@ -103,9 +103,12 @@ async def test_serve_and_two_join_processes_record_each_other(tmp_path: Path) ->
                 for name in ("alice", "bob")
             )
         )  # fmt: skip
-        # Mid-call, every UDP socket either process holds is bound to loopback.
-        await asyncio.sleep(4)
-        sockets = {pid: own_udp_sockets(pid) for pid in started}
+        # Mid-call (once both have ICE sockets), every UDP socket either holds is on loopback.
+        sockets: dict[int, list[tuple[str, int]]] = {}
+        async with asyncio.timeout(30):
+            while len(sockets) < 2 or not all(sockets.values()):
+                await asyncio.sleep(0.2)
+                sockets = {pid: own_udp_sockets(pid) for pid in started}
         results = await calls
     assert len(sockets) == 2 and all(sockets.values()), sockets
     assert all(addr == "127.0.0.1" for socks in sockets.values() for addr, _ in socks), sockets
@@ -145,12 +148,16 @@ async def test_join_an_unreachable_relay_is_a_one_line_error() -> None:
 
 async def test_refused_join_is_a_one_line_error() -> None:
     async with serve("--max-room-size", "1") as url:
-        first = asyncio.create_task(
-            run("join", "r", "--server", url, "--duration", "4", "--source", "none")
-        )
-        await asyncio.sleep(2)
+        first = await asyncio.create_subprocess_exec(
+            *CALLBOT, "join", "r", "--server", url, "--source", "none",
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert first.stdout is not None
+        async with asyncio.timeout(60):
+            assert (await first.stdout.readline()).startswith(b"joined room 'r'")
         code, _, err = await run("join", "r", "--server", url, "--duration", "1")
-        assert (await first)[0] == 0
+        first.terminate()
+        assert await first.wait() == 0
     assert code == 1
     assert err.startswith("callbot: error: rate_limited: room 'r' is full"), err
     assert err.strip().count("\n") == 0, err
@@ -180,17 +187,59 @@ def test_bad_room_name_is_refused_before_connecting() -> None:
 
 async def test_bad_flags_exit_with_usage_error() -> None:
     code, _, err = await run("join", "r", "--duration", "-1")
-    assert code == 2 and "must be greater than zero" in err
-    code, _, err = await run("join", "r", "--record", "out.avi", "--duration", "1",
-                             "--server", "ws://127.0.0.1:9/ws")  # fmt: skip
-    assert code == 1 and err.startswith("callbot: error:"), err
+    assert code == 2 and "must be a finite number greater than zero" in err
+    async with serve() as url:  # reachable, so only the extension can be what is refused
+        code, _, err = await run("join", "r", "--record", "out.avi", "--duration", "1",
+                                 "--server", url)  # fmt: skip
+    assert code == 1 and err.startswith("callbot: error:") and ".avi" in err, err
 
 
-def test_help_texts_describe_every_command() -> None:
+def test_help_texts_describe_every_command_and_flag() -> None:
     env = {**os.environ, "COLUMNS": "100"}
-    out = subprocess.run([*CALLBOT, "--help"], capture_output=True, text=True, env=env, cwd=ROOT)
-    for command in ("serve", "join", "demo"):
-        assert command in out.stdout
+
+    def helptext(*args: str) -> str:
+        out = subprocess.run([*CALLBOT, *args, "--help"], capture_output=True, text=True,
+                             env=env, cwd=ROOT, timeout=60)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    top = helptext()
+    flags = {
+        "serve": ["--host", "--port", "--max-room-size", "--db", "--ring-timeout"],
+        "join": ["--server", "--name", "--source", "--record", "--duration", "--canvas", "--fps",
+                 "--no-receive", "--ice-address", "--mode", "--call", "--answer"],
+        "demo": ["--duration", "--output", "--json"],
+        "calls": ["--server", "--limit", "--json"],
+        "bench": ["--json", "--frames", "compositor"],
+    }  # fmt: skip
+    for command, expected in flags.items():
+        assert command in top
+        text = helptext(command)
+        missing = [flag for flag in expected if flag not in text]
+        assert not missing, (command, missing)
+
+
+async def test_serve_prints_its_url_and_closes_sockets_on_sigterm() -> None:
+    import aiohttp
+
+    proc = await asyncio.create_subprocess_exec(
+        *CALLBOT, "serve", "--port", "0", cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    async with asyncio.timeout(60):
+        line = (await proc.stdout.readline()).decode()
+    match = re.fullmatch(r"callbot relay listening on (ws://127\.0\.0\.1:(\d+)/ws)\n", line)
+    assert match and int(match.group(2)) > 0, line
+    async with aiohttp.ClientSession() as session, session.ws_connect(match.group(1)) as ws:
+        await ws.send_str('{"type":"join","room":"r"}')
+        assert (await ws.receive_json())["type"] == "welcome"
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            closing = await ws.receive()
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == 1001  # going away: a clean shutdown, not a crash (1006)
+    async with asyncio.timeout(30):
+        assert await proc.wait() == 0
 
 
 def test_bench_prints_ratios_as_json() -> None:
@@ -203,9 +252,10 @@ def test_bench_prints_ratios_as_json() -> None:
 
 async def test_join_recording_survives_sigterm_and_sigkill(tmp_path: Path) -> None:
     async with serve() as url:
-        publisher = asyncio.create_task(
-            run("join", "r", "--server", url, "--name", "pub", "--duration", "10", "--no-receive")
-        )
+        publisher = await asyncio.create_subprocess_exec(
+            *CALLBOT, "join", "r", "--server", url, "--name", "pub", "--no-receive",
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
         recorders = {
             how: await asyncio.create_subprocess_exec(
                 *CALLBOT,
@@ -227,13 +277,24 @@ async def test_join_recording_survives_sigterm_and_sigkill(tmp_path: Path) -> No
             )
             for how in ("term", "kill")
         }
-        await asyncio.sleep(6)
+        # Signal only once both are in the call and have written media.
+        async with asyncio.timeout(60):
+            for proc in recorders.values():
+                assert proc.stdout is not None
+                assert (await proc.stdout.readline()).startswith(b"joined room 'r'")
+            while not all(
+                (tmp_path / f"{how}.mkv").exists()
+                and (tmp_path / f"{how}.mkv").stat().st_size > 60_000
+                for how in recorders
+            ):
+                await asyncio.sleep(0.2)
         recorders["term"].send_signal(signal.SIGTERM)
         recorders["kill"].kill()
         async with asyncio.timeout(30):
             out, err = await recorders["term"].communicate()
             await recorders["kill"].communicate()
-        assert (await publisher)[0] == 0
+        publisher.terminate()
+        assert await publisher.wait() == 0  # SIGTERM is a clean stop
     assert recorders["term"].returncode == 0, err.decode()
     assert re.search(r"recorded \d+ frames .* pub [\d.]+ fps", out.decode()), out.decode()
     assert recorders["kill"].returncode == -signal.SIGKILL
