@@ -265,9 +265,8 @@ async def _serve(args: argparse.Namespace) -> int:
     async with start_server(settings) as server:
         # Printed, not logged: with --port 0 this is how a user learns the port.
         print(f"callbot relay listening on {server.ws_url}", flush=True)
-        await _until_stopped(
-            args.stopper, None
-        )  # then leaving the block closes every socket with 1001
+        await _until_stopped(args.stopper, None)
+    # Leaving the block closed every client socket with 1001 (going away).
     return 0
 
 
@@ -339,12 +338,12 @@ async def _hang_up_when_over(call: Call) -> CallInfo:
     """Leave once everyone else has; return the final state of the call as we saw it."""
     info = await call.wait_alone_or_ended()
     if info.status is not CallStatus.ENDED:
-        info = await call.leave()
+        await call.leave()
+        # We were the last one in it: the relay ends it right after our leave is applied.
+        info = await call.wait_ended(timeout_s=10)
     print(
         f"call {info.call_id} ended: {info.reason} after {info.duration_s or 0:.1f} s "
-        f"(declined by {', '.join(info.declined_by) or 'nobody'})"
-        if info.status is CallStatus.ENDED
-        else f"left call {info.call_id}",
+        f"(declined by {', '.join(info.declined_by) or 'nobody'})",
         flush=True,
     )
     return info
@@ -367,9 +366,9 @@ async def _calls(args: argparse.Namespace) -> int:
                 body = await response.json(content_type=None)
                 if response.status != 200:
                     raise CallbotError(f"{body.get('code')}: {body.get('message')}")
-        except (aiohttp.ClientError, ValueError) as exc:
-            raise ConnectError(f"cannot read call history from {url}: {exc}") from exc
-    calls = body["calls"]
+                calls = body["calls"]
+        except (aiohttp.ClientError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConnectError(f"cannot read call history from {url}: {exc!r}") from exc
     if args.json:
         print(json.dumps(calls, indent=2))
         return 0
@@ -405,13 +404,17 @@ async def _demo(args: argparse.Namespace) -> int:
         url = server.ws_url
         recorder = CallRecorder(output, size=(1280, 720), fps=30.0)
         viewer = Participant(ParticipantConfig(room=room, server_url=url, name="recorder"))
+        sources = {
+            i: (PatternVideoTrack(label=f"bot-{i}", seed=i), ToneAudioTrack(frequency=330.0 * i))
+            for i in range(1, 4)
+        }
         bots = [
             Participant(
                 ParticipantConfig(room=room, server_url=url, name=f"bot-{i}", receive=False),
-                video=PatternVideoTrack(label=f"bot-{i}", seed=i),
-                audio=ToneAudioTrack(frequency=330.0 * (i + 1)),
+                video=video,
+                audio=tone,
             )
-            for i in range(1, 4)
+            for i, (video, tone) in sources.items()
         ]
         try:
             await viewer.join()
@@ -427,6 +430,9 @@ async def _demo(args: argparse.Namespace) -> int:
             for bot in bots:
                 await bot.aclose()
             await viewer.aclose()
+            for pair in sources.values():
+                for track in pair:
+                    track.stop()
     print(summary.info.path.resolve())
     print(summary.line())
     if args.json:
