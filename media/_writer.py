@@ -54,17 +54,33 @@ class _TrackClock:
 
     def __init__(self) -> None:
         self._anchor: tuple[float, float] | None = None  # (recording time, frame time)
+        self._last_media: float | None = None
+        self._last_time: float | None = None  # where the previous frame landed
+        self._last_step = 0.0  # the gap before it: the track's frame interval, roughly
 
     def time_of(self, frame: av.VideoFrame | av.AudioFrame, arrival: float) -> float:
         if frame.pts is None or frame.time_base is None:
             return arrival
         media = float(frame.pts * frame.time_base)
-        if self._anchor is None or abs(self._anchor[0] + media - self._anchor[1] - arrival) > (
-            _RESYNC_S
+        went_back = self._last_media is not None and media < self._last_media
+        self._last_media = media
+        if (
+            self._anchor is None
+            or went_back  # one track's time never runs backwards: any step back is a reset
+            or abs(self._anchor[0] + media - self._anchor[1] - arrival) > _RESYNC_S
         ):
-            # First frame, or a timestamp jump (source loop, RTP reset): trust arrival time.
-            self._anchor = (arrival, media)
-        return self._anchor[0] + media - self._anchor[1]
+            # First frame, or a timestamp jump (source loop, RTP reset): start again from the
+            # arrival time, but never before the frame that came before (that would squash the
+            # following frames together).
+            start = arrival
+            if self._last_time is not None:
+                start = max(arrival, self._last_time + self._last_step)
+            self._anchor = (start, media)
+        time_s = self._anchor[0] + media - self._anchor[1]
+        if self._last_time is not None and time_s > self._last_time:
+            self._last_step = time_s - self._last_time
+        self._last_time = time_s
+        return time_s
 
 
 class Writer:

@@ -310,14 +310,23 @@ async def test_sending_to_a_closing_socket_does_not_disturb_the_sender() -> None
 async def test_peer_missing_heartbeats_is_dropped() -> None:
     settings = ServerSettings(port=0, heartbeat_s=0.2)
     async with start_server(settings) as running, aiohttp.ClientSession() as session:
-        # autoping=False: this client never answers the relay's pings.
+        # autoping=False: this client never answers the relay's pings (it sees them instead).
         mute = Client(await session.ws_connect(running.ws_url, autoping=False))
         await mute.join("r")
+        pings = 0
+        while (msg := await mute.ws.receive(timeout=30)).type is aiohttp.WSMsgType.PING:
+            pings += 1
+        ended = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        assert pings >= 1 and msg.type in ended, msg  # pinged, then cut off
+        # Whoever joins now finds it gone, or is told it went. (A peer waiting all along would be
+        # pinged too, and a loaded machine could make it miss the 100 ms pong deadline itself.)
         live = Client(await session.ws_connect(running.ws_url))
-        await live.join("r")
-        # `live` answers pings while it waits (aiohttp does so inside receive()).
-        await live.expect("peer_left", peer_id=mute.peer_id, reason="disconnected")
-        await live.ping_roundtrip()
+        welcome = await live.join("r")
+        if welcome["peers"]:
+            assert welcome["peers"] == [{"peer_id": mute.peer_id, "name": mute.peer_id}]
+            await live.expect("peer_left", peer_id=mute.peer_id, reason="disconnected")
+        await live.send(type="list_peers", id="after")
+        await live.expect("peer_list", ref="after", peers=[])
         for client in (mute, live):
             await client.ws.close()
 
@@ -653,18 +662,31 @@ async def test_peer_that_does_not_read_is_dropped() -> None:
             a, slow, c = await _joined(connect, "r", "a", "slow", "c")
             sdp = "s" * (MAX_MESSAGE_BYTES - 1000)
             # `slow` never reads: once the kernel buffers and its outbox are full, it is cut off
-            # while the sender is neither blocked nor disturbed.
+            # while the sender is neither blocked nor disturbed. Offers go out until the sender
+            # hears of it (the count is what fills the buffers, the short waits only let the
+            # relay keep up).
+            sent = 0
             frame = None
-            for _ in range(400):
-                await a.send(type="offer", target_peer_id=slow.peer_id, sdp=sdp)
+            while frame is None and sent < 400:
+                await a.send(type="offer", target_peer_id=slow.peer_id, sdp=sdp, id=sent)
+                sent += 1
                 try:
                     frame = await a.recv(timeout=0.01)
-                    break
                 except TimeoutError:
                     continue
+            if frame is None:  # every offer is out; the relay may still be working through them
+                frame = await a.recv(timeout=30)
             assert frame == {"type": "peer_left", "peer_id": slow.peer_id, "reason": "disconnected"}
+            # Offers still in flight when `slow` went were refused, in order; the earlier ones
+            # (relayed to it or dropped with it) were never answered.
+            await a.send(type="ping", id="probe")
+            refused = []
+            while (frame := await a.recv())["type"] != "pong":
+                assert frame["type"] == "error" and frame["code"] == "unknown_peer", frame
+                refused.append(frame["ref"])
+            assert frame == {"type": "pong", "ref": "probe"}
+            assert refused == list(range(sent - len(refused), sent))
             await c.expect("peer_left", peer_id=slow.peer_id, reason="disconnected")
-            await a.ping_roundtrip()
             await c.ping_roundtrip()
 
 

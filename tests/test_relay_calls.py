@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
@@ -119,16 +119,50 @@ async def test_nobody_answering_ends_no_answer() -> None:
             assert frame["call"]["duration_s"] == 0
 
 
-async def test_an_answered_call_does_not_time_out() -> None:
+class RingTimer:
+    """A ring timeout the relay scheduled, held back so that the test decides when it fires."""
+
+    def __init__(self, delay: float, handle: asyncio.TimerHandle, fire: Callable[[], None]) -> None:
+        self.delay = delay
+        self.handle = handle
+        self.fire = fire
+
+
+@pytest.fixture
+async def ring_timers(monkeypatch: pytest.MonkeyPatch) -> list[RingTimer]:
+    """Ring timeouts never fire by themselves: how long a loaded machine takes to answer
+    must not decide which of the answer and the timeout wins."""
+    loop = asyncio.get_running_loop()
+    real_call_later = loop.call_later
+    timers: list[RingTimer] = []
+
+    def call_later(delay: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        if getattr(callback, "__func__", None) is not CallService._ring_timeout_due:
+            return real_call_later(delay, callback, *args, **kwargs)
+        handle = real_call_later(3600, callback, *args, **kwargs)
+        timers.append(RingTimer(delay, handle, lambda: callback(*args)))
+        return handle
+
+    monkeypatch.setattr(loop, "call_later", call_later)
+    return timers
+
+
+async def test_an_answered_call_does_not_time_out(ring_timers: list[RingTimer]) -> None:
     async with start_server(ServerSettings(port=0, ring_timeout_s=RING_S)) as running:
         async for connect in _connector(running.ws_url):
             a, b = await _joined(connect, "r", "a", "b")
             call_id = await ring(a, b)
+            (timer,) = ring_timers
+            assert timer.delay == RING_S and not timer.handle.cancelled()
             await b.send(type="accept_call", call_id=call_id)
             await everyone((a, b), "participant_joined", status="active")
-            await a.expect_quiet(RING_S * 2)  # well past the ring timeout: still active
+            assert timer.handle.cancelled()  # answering stops the ring timeout
+            # Even a timeout that came due just as the answer was being stored changes nothing.
+            timer.fire()
+            await a.expect_quiet(0.05)
             await a.send(type="end_call", call_id=call_id)
             await everyone((a, b), "call_ended", reason="ended")
+            await b.ping_roundtrip()
 
 
 async def test_last_participant_leaving_ends_last_left(connect: Connect) -> None:
