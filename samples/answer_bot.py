@@ -4,8 +4,9 @@ It joins in call mode, so it has media only while it is in a call; each call's c
 other participant, aspect-fit on a grid, audio mixed) goes to CALL_ID.mkv in OUTPUT_DIR. When
 everyone else has left, it leaves too, so the call ends and the next one can be answered.
 
-Usage: python samples/answer_bot.py SERVER_URL ROOM OUTPUT_DIR [SECONDS]
+Usage: python samples/answer_bot.py SERVER_URL ROOM OUTPUT_DIR [SECONDS] [MAX_CALLS]
   e.g. python samples/answer_bot.py ws://127.0.0.1:8080/ws office recordings 60
+It stops after SECONDS (default 60) or once it has answered MAX_CALLS calls (default: no limit).
 """
 
 from __future__ import annotations
@@ -45,17 +46,23 @@ async def record_call(me: Participant, call: Call, output: Path) -> None:
                   f"to {info.path}", flush=True)  # fmt: skip
 
 
-async def main(server_url: str, room: str, out_dir: Path, seconds: float) -> None:
+async def main(
+    server_url: str, room: str, out_dir: Path, seconds: float, max_calls: int | None
+) -> None:
     config = ParticipantConfig(room=room, server_url=server_url, name="answer-bot", mode=Mode.CALL)
     video = PatternVideoTrack(label="answer-bot")
     async with Participant(config, video=video) as me:
         print(f"waiting for calls as {me.peer_id}", flush=True)
 
         async def answer() -> None:
+            answered = 0
             async for call in me.incoming_calls():
                 await call.accept()
                 print(f"answered call {call.call_id} from {call.started_by}", flush=True)
                 await record_call(me, call, out_dir / f"{call.call_id}.mkv")
+                answered += 1
+                if answered == max_calls:
+                    return
 
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(answer(), seconds)
@@ -63,8 +70,9 @@ async def main(server_url: str, room: str, out_dir: Path, seconds: float) -> Non
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (4, 5):
+    if len(sys.argv) not in (4, 5, 6):
         sys.exit(__doc__)
-    seconds = float(sys.argv[4]) if len(sys.argv) == 5 else 60.0
+    seconds = float(sys.argv[4]) if len(sys.argv) >= 5 else 60.0
+    max_calls = int(sys.argv[5]) if len(sys.argv) == 6 else None
     Path(sys.argv[3]).mkdir(parents=True, exist_ok=True)
-    asyncio.run(main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), seconds))
+    asyncio.run(main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), seconds, max_calls))

@@ -66,8 +66,8 @@ async def test_answer_bot_sample_answers_and_records_a_call(
     relay: RunningServer, tmp_path: Path
 ) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(SAMPLES / "answer_bot.py"), relay.ws_url, "office", str(tmp_path), "12",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        sys.executable, str(SAMPLES / "answer_bot.py"), relay.ws_url, "office", str(tmp_path),
+        "300", "1", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     video = PatternVideoTrack(width=320, height=240, label="caller")
     cfg = ParticipantConfig(room="office", server_url=relay.ws_url, name="caller", mode=Mode.CALL)
@@ -81,7 +81,7 @@ async def test_answer_bot_sample_answers_and_records_a_call(
         # The bot notices it is alone and leaves too, which ends the call.
         assert (await call.wait_ended(timeout_s=10)).reason is EndReason.LAST_LEFT
     video.stop()
-    async with asyncio.timeout(30):
+    async with asyncio.timeout(60):  # it exits after its one call (MAX_CALLS=1)
         out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert f"answered call {call.call_id}" in out.decode()
