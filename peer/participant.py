@@ -297,7 +297,10 @@ class Participant:
     def _observe(self, message: Any) -> None:
         """Runs in the signaling reader, in arrival order: mirror call state before anyone
         awaiting a reply resumes."""
-        if isinstance(message, CallState):
+        if isinstance(message, Welcome):
+            # Recorded here, not when join() resumes: a call can arrive right behind it.
+            self._welcome = message
+        elif isinstance(message, CallState):
             call = self._calls.get(message.call.call_id)
             if call is None:
                 call = self._calls[message.call.call_id] = Call(

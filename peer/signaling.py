@@ -138,7 +138,10 @@ class SignalingClient:
                     logger.warning("ignoring a malformed message from the relay: %s", exc)
                     continue
                 if self._observer is not None:
-                    self._observer(message)
+                    try:
+                        self._observer(message)
+                    except Exception:  # a bug there must not silently end the connection
+                        logger.exception("observer failed on %s", message.type)
                 ref = getattr(message, "ref", None)
                 future = self._pending.get(ref) if isinstance(ref, str) else None
                 if future is not None and not future.done():

@@ -137,3 +137,62 @@ async def test_busy_initiator_is_refused(trio: list[Participant]) -> None:
     assert refused.value.code is ErrorCode.INVALID_TRANSITION
     await call.end()
     assert (await call.wait_ended()).reason is EndReason.CANCELLED
+
+
+async def test_a_call_right_behind_the_welcome_is_not_lost() -> None:
+    """A relay may ring us in the same burst as the welcome; the participant must see the call
+    and keep its connection (it once died on a call that arrived before join() resumed)."""
+    from aiohttp import web
+
+    from signaling_server.protocol import (
+        CallEvent,
+        CallInfo,
+        CallState,
+        IncomingCall,
+        Ping,
+        Welcome,
+        dump_message,
+    )
+
+    info = CallInfo(
+        call_id="c_1", room="calls", status=CallStatus.RINGING, started_by="p_0",
+        participants=["p_0"], targets=["p_1"], declined_by=[], started_at=1.0,
+    )  # fmt: skip
+    received: list[str] = []
+
+    async def scripted_relay(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        join = await ws.receive_json()
+        burst = [
+            Welcome(peer_id="p_1", room="calls", peers=[], ice_servers=[], resume_token="t",
+                    ref=join["id"]),
+            IncomingCall(call_id="c_1", from_peer_id="p_0", participants=["p_0"], targets=["p_1"]),
+            CallState(event=CallEvent.CALL_STARTED, call=info, peer_id="p_0"),
+        ]  # fmt: skip
+        for message in burst:
+            await ws.send_str(dump_message(message))
+        async for frame in ws:  # whatever the participant sends back
+            received.append(frame.json()["type"])
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", scripted_relay)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        cfg = ParticipantConfig(
+            room="calls", server_url=f"ws://127.0.0.1:{port}/ws", mode=Mode.CALL
+        )
+        async with Participant(cfg) as me:
+            call = await ring(me)
+            assert call.call_id == "c_1" and call.incoming and me.peer_id == "p_1"
+            await me._signaling.send(Ping(id="alive"))  # the connection is still alive
+            async with asyncio.timeout(5):
+                while "ping" not in received:
+                    await asyncio.sleep(0.02)
+    finally:
+        await runner.cleanup()

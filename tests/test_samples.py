@@ -74,7 +74,12 @@ async def test_answer_bot_sample_answers_and_records_a_call(
     async with Participant(cfg, video=video) as caller:
         await caller.wait_for_peers(["answer-bot"])
         call = await caller.start_call()
-        await call.wait_for(CallStatus.ACTIVE)
+        try:
+            await call.wait_for(CallStatus.ACTIVE)
+        except TimeoutError:
+            proc.kill()
+            out, err = await proc.communicate()
+            raise AssertionError(f"the bot did not answer: {out.decode()}{err.decode()}") from None
         await caller.wait_connected(1)
         await asyncio.sleep(3)
         await call.leave()
