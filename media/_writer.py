@@ -197,6 +197,10 @@ class Writer:
             cc.pix_fmt = "yuv420p"
             cc.time_base = _VIDEO_TB
             cc.gop_size = max(1, round(self.fps * FLUSH_S))
+            # One encoder thread: the writer is the one owned thread per recording, and codec
+            # thread pools spin badly on a contended CPU (libvpx measured ~70x slower per frame
+            # with automatic threads under load, dropping most frames).
+            cc.thread_count = 1
             if self.profile.video_codec == "libx264":
                 cc.options = {"preset": "ultrafast", "tune": "zerolatency"}
             else:

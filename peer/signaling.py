@@ -147,6 +147,15 @@ class SignalingClient:
                 if future is not None and not future.done():
                     future.set_result(message)
                 self._inbox.put_nowait(message)
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            self.close_reason = f"lost the relay: {exc}"
+        except Exception as exc:
+            # A bug of ours: say so, and close the socket so the relay sees us go instead of
+            # keeping a peer that no longer listens.
+            logger.exception("the signaling reader failed")
+            self.close_reason = f"internal error in the signaling reader: {exc!r}"
+            with contextlib.suppress(aiohttp.ClientError, ConnectionError, RuntimeError):
+                await ws.close()
         finally:
             if self.close_reason is None and self.state is SignalingState.CONNECTED:
                 self.close_reason = f"the relay closed the connection (code {ws.close_code})"
