@@ -466,6 +466,14 @@ def _bench(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def _add_server_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=_env("SERVER", DEFAULT_SERVER_URL),
+        help=f"relay WebSocket URL (default {DEFAULT_SERVER_URL}; CALLBOT_SERVER)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="callbot",
@@ -530,11 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the composite of what the others send. Leaves after --duration or on Ctrl-C/SIGTERM.",
     )
     join.add_argument("room", help="room to join")
-    join.add_argument(
-        "--server",
-        default=_env("SERVER", DEFAULT_SERVER_URL),
-        help=f"relay WebSocket URL (default {DEFAULT_SERVER_URL}; CALLBOT_SERVER)",
-    )
+    _add_server_flag(join)
     join.add_argument("--name", help="display name (default bot-PID)")
     join.add_argument(
         "--source",
@@ -619,11 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print ROOM's calls, newest first, from the relay's history.",
     )  # fmt: skip
     calls.add_argument("room", help="room whose calls to list")
-    calls.add_argument(
-        "--server",
-        default=_env("SERVER", DEFAULT_SERVER_URL),
-        help=f"relay WebSocket URL (default {DEFAULT_SERVER_URL}; CALLBOT_SERVER)",
-    )
+    _add_server_flag(calls)
     calls.add_argument(
         "--limit", type=_int_in(1, 100), default=20, help="how many calls (1-100, default 20)"
     )

@@ -23,6 +23,7 @@ from av.video.reformatter import VideoReformatter
 
 from . import _yuv
 from ._pacing import Pacer
+from ._tasks import OwnedTasks
 from .errors import ClosedError
 from .layout import Rect, fit, grid
 
@@ -117,7 +118,7 @@ class GridCompositor:
         self._height = height
         self._fps = float(fps)
         self._inputs: dict[MediaStreamTrack, _Input] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._readers = OwnedTasks("compositor input reader")
         self._closed = False
         self._pacer = Pacer(self._fps)
         self._compose_lock = asyncio.Lock()
@@ -155,13 +156,8 @@ class GridCompositor:
         if any(inp.label == label for inp in self._inputs.values()):
             raise ValueError(f"label {label!r} is already used by another input")
         inp = _Input(track, label)
-        task = asyncio.get_running_loop().create_task(
-            self._read(inp), name=f"compositor-input-{label}"
-        )
-        inp.task = task
+        inp.task = self._readers.start(self._read(inp), name=f"compositor-input-{label}")
         self._inputs[track] = inp
-        self._tasks.add(task)
-        task.add_done_callback(self._reader_done)
 
     def remove_track(self, track: MediaStreamTrack) -> None:
         """Drop ``track``'s tile; its reader is cancelled (and awaited by ``aclose``)."""
@@ -195,11 +191,7 @@ class GridCompositor:
         self._closed = True
         self._output.stop()
         self._inputs.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._readers.aclose()
 
     # -- readers -----------------------------------------------------------------------------
 
@@ -225,11 +217,6 @@ class GridCompositor:
             if self._inputs.get(inp.track) is inp:
                 del self._inputs[inp.track]
             inp.latest = None
-
-    def _reader_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.error("compositor input reader failed", exc_info=exc)
 
     # -- output ------------------------------------------------------------------------------
 

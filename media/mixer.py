@@ -22,6 +22,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from ._pacing import Pacer
+from ._tasks import OwnedTasks
 from .errors import ClosedError
 
 __all__ = ["MAX_BUFFER_MS", "AudioMixer"]
@@ -130,7 +131,7 @@ class AudioMixer:
         self._prime = min(self._limit, 2 * self._samples)
         self._time_base = fractions.Fraction(1, sample_rate)
         self._inputs: dict[MediaStreamTrack, _Input] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._readers = OwnedTasks("mixer input reader")
         self._pacer = Pacer(1000 / frame_ms)
         self._closed = False
         self._output = _MixTrack(self)
@@ -158,11 +159,8 @@ class AudioMixer:
         if track in self._inputs:
             raise ValueError(f"track {track.id} is already an input")
         inp = _Input(track)
-        task = asyncio.get_running_loop().create_task(self._read(inp), name="mixer-input")
-        inp.task = task
+        inp.task = self._readers.start(self._read(inp), name="mixer-input")
         self._inputs[track] = inp
-        self._tasks.add(task)
-        task.add_done_callback(self._reader_done)
 
     def remove_track(self, track: MediaStreamTrack) -> None:
         inp = self._inputs.pop(track, None)
@@ -180,11 +178,7 @@ class AudioMixer:
         self._closed = True
         self._output.stop()
         self._inputs.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._readers.aclose()
 
     async def _read(self, inp: _Input) -> None:
         try:
@@ -217,11 +211,6 @@ class AudioMixer:
 
     def _new_resampler(self) -> av.AudioResampler:
         return av.AudioResampler(format="s16", layout=self._layout, rate=self._sample_rate)
-
-    def _reader_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.error("mixer input reader failed", exc_info=exc)
 
     async def _next_frame(self) -> av.AudioFrame:
         if self._closed:
