@@ -29,7 +29,7 @@ from aiortc import MediaStreamTrack
 from media import (
     AudioMixer,
     FileSource,
-    GridCompositor,
+    Compositor,
     MediaError,
     PatternVideoTrack,
     Recorder,
@@ -153,7 +153,7 @@ class CallRecorder:
     """Lays every remote video out on a canvas, mixes every remote audio, records both."""
 
     def __init__(self, path: Path, *, size: tuple[int, int], fps: float) -> None:
-        self._compositor = GridCompositor(width=size[0], height=size[1], fps=fps)
+        self._compositor = Compositor(width=size[0], height=size[1], fps=fps)
         self._mixer = AudioMixer()
         self._recorder = Recorder(
             path, video=self._compositor.output, audio=self._mixer.output, fps=fps

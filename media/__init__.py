@@ -5,28 +5,40 @@ nothing about peers or signaling. Objects that run tasks or threads are async co
 with an idempotent ``aclose()``.
 """
 
-from .compositor import GridCompositor, InputStats
+from .canvas import Canvas, Tile
+from .clock import MediaClock
+from .compositor import LAYOUTS, Compositor, InputStats, LayoutName
 from .errors import ClosedError, MediaError, RecorderError, SourceError
-from .layout import Rect, fit, grid
+from .layout import Placement, Rect, Scene, SceneElement, fit, grid
 from .mixer import AudioMixer
 from .recorder import Recorder, RecordingInfo
 from .sources import FileSource, PatternVideoTrack, ToneAudioTrack
+from .speaker import SpeakerSelector
 from .timecode import Stamp, read_stamp, stamp_luma
 
 __all__ = [
+    "LAYOUTS",
     "AudioMixer",
+    "Canvas",
     "ClosedError",
+    "Compositor",
     "FileSource",
-    "GridCompositor",
     "InputStats",
+    "LayoutName",
+    "MediaClock",
     "MediaError",
     "PatternVideoTrack",
+    "Placement",
     "Recorder",
     "RecorderError",
     "RecordingInfo",
     "Rect",
+    "Scene",
+    "SceneElement",
     "SourceError",
+    "SpeakerSelector",
     "Stamp",
+    "Tile",
     "ToneAudioTrack",
     "fit",
     "grid",

@@ -16,13 +16,13 @@ import contextlib
 import sys
 from pathlib import Path
 
-from media import AudioMixer, GridCompositor, PatternVideoTrack, Recorder
+from media import AudioMixer, Compositor, PatternVideoTrack, Recorder
 from peer import Call, Mode, Participant, ParticipantConfig
 from signaling_server.protocol import CallStatus
 
 
 async def record_call(me: Participant, call: Call, output: Path) -> None:
-    async with GridCompositor(width=1280, height=720) as canvas, AudioMixer() as mixer:
+    async with Compositor(width=1280, height=720) as canvas, AudioMixer() as mixer:
         recorder = Recorder(output, video=canvas.output, audio=mixer.output)
         await recorder.start()
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import sys
 
-from media import AudioMixer, GridCompositor, Recorder
+from media import AudioMixer, Compositor, Recorder
 from peer import Participant, ParticipantConfig
 
 
@@ -21,7 +21,7 @@ async def main(server_url: str, room: str, output: str, seconds: float) -> None:
     config = ParticipantConfig(room=room, server_url=server_url, name="recorder")
     async with (
         Participant(config) as me,
-        GridCompositor(width=1280, height=720) as canvas,
+        Compositor(width=1280, height=720) as canvas,
         AudioMixer() as mixer,
     ):
         recorder = Recorder(output, video=canvas.output, audio=mixer.output)

@@ -1,4 +1,4 @@
-"""GridCompositor: tiles carry readable stamps, inputs come and go, nothing queues or leaks."""
+"""Compositor: tiles carry readable stamps, inputs come and go, nothing queues or leaks."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from aiortc.mediastreams import MediaStreamError
 
 from media import (
     ClosedError,
-    GridCompositor,
+    Compositor,
     PatternVideoTrack,
     Rect,
+    Tile,
     ToneAudioTrack,
     read_stamp,
 )
@@ -48,7 +49,7 @@ def _bots(n: int, fps: float = 15) -> list[PatternVideoTrack]:
 
 async def test_tiles_carry_each_inputs_stamps() -> None:
     bots = _bots(3)
-    async with GridCompositor(width=640, height=360, fps=15) as comp:
+    async with Compositor(width=640, height=360, fps=15) as comp:
         for bot in bots:
             comp.add_track(bot, label=bot.id[:4])
         labels = [bot.id[:4] for bot in bots]
@@ -109,7 +110,7 @@ async def test_tiles_carry_each_inputs_stamps() -> None:
 
 async def test_ended_input_is_removed_and_removal_works() -> None:
     a, b, c = _bots(3, fps=30)
-    comp = GridCompositor(width=320, height=180, fps=30)
+    comp = Compositor(width=320, height=180, fps=30)
     comp.add_track(a, label="a")
     comp.add_track(b, label="b")
     comp.add_track(c, label="c")
@@ -162,7 +163,7 @@ async def test_input_stats_measure_the_arrival_rate(monkeypatch: pytest.MonkeyPa
         compositor_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0])
     )
     steady, sparse = _ClockedTrack(clock, 1 / 15, 16), _ClockedTrack([0.0], 0.0, 1)
-    async with GridCompositor(width=320, height=180) as comp:
+    async with Compositor(width=320, height=180) as comp:
         comp.add_track(steady, label="steady")
         comp.add_track(sparse, label="sparse")
         await _until(lambda: steady.sent == 16 and sparse.sent == 1)
@@ -176,7 +177,7 @@ async def test_input_stats_measure_the_arrival_rate(monkeypatch: pytest.MonkeyPa
 
 async def test_slow_consumer_keeps_only_latest_frame() -> None:
     bots = _bots(2, fps=30)
-    async with GridCompositor(width=320, height=240, fps=30) as comp:
+    async with Compositor(width=320, height=240, fps=30) as comp:
         for i, bot in enumerate(bots):
             comp.add_track(bot, label=str(i))
         # Nobody reads the output meanwhile.
@@ -199,7 +200,7 @@ async def test_slow_consumer_keeps_only_latest_frame() -> None:
 
 
 async def test_layout_before_first_frame_and_validation() -> None:
-    async with GridCompositor(width=640, height=360) as comp:
+    async with Compositor(width=640, height=360) as comp:
         assert comp.layout() == []
         blank = await comp.output.recv()
         y = blank.to_ndarray()[:360]
@@ -216,9 +217,9 @@ async def test_layout_before_first_frame_and_validation() -> None:
             comp.add_track(tone, label="tone")
         track.stop()
     with pytest.raises(ValueError, match="even"):
-        GridCompositor(width=641)
+        Compositor(width=641)
     with pytest.raises(ValueError, match="fps"):
-        GridCompositor(fps=0)
+        Compositor(fps=0)
 
 
 class _BrokenTrack(MediaStreamTrack):
@@ -231,7 +232,7 @@ class _BrokenTrack(MediaStreamTrack):
 
 async def test_failing_input_is_logged_and_removed(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="media.compositor")
-    async with GridCompositor(width=320, height=180) as comp:
+    async with Compositor(width=320, height=180) as comp:
         comp.add_track(_BrokenTrack(), label="broken")
         await _until(lambda: comp.layout() == [])
         await asyncio.sleep(0)
@@ -241,15 +242,15 @@ async def test_failing_input_is_logged_and_removed(caplog: pytest.LogCaptureFixt
 
 async def test_output_is_paced_and_composed_off_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     bots = [PatternVideoTrack(width=640, height=480, fps=30, seed=i) for i in range(3)]
-    async with GridCompositor(width=1280, height=720, fps=30) as comp:
+    async with Compositor(width=1280, height=720, fps=30) as comp:
         compose_threads: list[int] = []
-        real_compose = comp._compose
+        real_compose = comp._canvas.compose
 
-        def spy(jobs: list[object]) -> av.VideoFrame:
+        def spy(tiles: list[Tile]) -> av.VideoFrame:
             compose_threads.append(threading.get_ident())
-            return real_compose(jobs)  # type: ignore[arg-type]
+            return real_compose(tiles)
 
-        monkeypatch.setattr(comp, "_compose", spy)
+        monkeypatch.setattr(comp._canvas, "compose", spy)
         for i, bot in enumerate(bots):
             comp.add_track(bot, label=f"b{i}")
         await _until(lambda: all(s.frames > 0 for s in comp.stats().values()))
