@@ -2,6 +2,19 @@
 
 Everything in :class:`Writer` except ``__init__`` runs in the one thread the recorder owns, so
 encoders, scaler and container are only ever touched from there.
+
+Where a frame lands in the file (its "recording time") comes from its own pts, by one of two
+anchorings (see :class:`_TrackClock`):
+
+* arrival (no clock): each track is pinned to the arrival time of its first frame, then
+  follows its own pts. Needed when tracks' timestamps are unrelated (remote WebRTC tracks).
+* shared clock: every track's pts are seconds since one :class:`~media.clock.MediaClock`
+  epoch, so recording time is simply pts minus the recording's origin, the same for all
+  tracks; a track that arrives late or jittery is not shifted.
+
+Both keep the safeguards: a track whose pts step back or stray from arrival by more than
+``_RESYNC_S`` is re-anchored to its arrival, video pts are strictly increasing, audio is
+contiguous (gaps filled with silence, overlaps trimmed).
 """
 
 from __future__ import annotations
@@ -13,13 +26,14 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from . import _yuv
+from .clock import MediaClock
 from .layout import Rect, fit
 
 logger = logging.getLogger(__name__)
@@ -31,8 +45,7 @@ _AUDIO_TB = fractions.Fraction(1, _AUDIO_RATE)
 _HEADER_TIMEOUT_S = 2.0  # how long to wait for every track's first frame before writing headers
 _FALLBACK_SIZE = (640, 480)
 _RESYNC_S = 2.0  # a track whose pts disagree with arrival time by more is re-anchored
-_AUDIO_GAP_S = 0.1  # audio gaps longer than this are filled with silence
-_AUDIO_AHEAD_S = 0.5  # audio arriving this far behind what was written is dropped
+_AUDIO_SLACK_S = 0.01  # audio gaps (overlaps) longer than this are filled (trimmed)
 FLUSH_S = 1  # cluster / fragment length, the amount of media a crash may lose
 
 Kind = Literal["video", "audio"]
@@ -50,9 +63,15 @@ class Profile:
 
 
 class _TrackClock:
-    """Maps one track's frame timestamps onto the recording timeline (seconds)."""
+    """Maps one track's frame timestamps onto the recording timeline (seconds).
+
+    ``arrival`` is the recording time the frame reached the recorder. With ``origin`` set
+    (shared-clock mode: the media time that is recording time 0) the first anchor is the
+    origin itself, so the track's frames land at ``pts - origin`` however late they arrive.
+    """
 
     def __init__(self) -> None:
+        self.origin: float | None = None
         self._anchor: tuple[float, float] | None = None  # (recording time, frame time)
         self._last_media: float | None = None
         self._last_time: float | None = None  # where the previous frame landed
@@ -64,6 +83,8 @@ class _TrackClock:
         media = float(frame.pts * frame.time_base)
         went_back = self._last_media is not None and media < self._last_media
         self._last_media = media
+        if self._anchor is None and self.origin is not None:
+            self._anchor = (0.0, self.origin)
         if (
             self._anchor is None
             or went_back  # one track's time never runs backwards: any step back is a reset
@@ -96,6 +117,7 @@ class Writer:
         fps: float,
         size: tuple[int, int] | None,
         items: queue.Queue[Item | None],
+        clock: MediaClock | None = None,
     ) -> None:
         self.container = container
         self.profile = profile
@@ -104,10 +126,12 @@ class Writer:
         self.fps = fps
         self.size = size
         self.items = items
+        self.clock = clock
         self.error: BaseException | None = None
         self.video_frames = 0
         self.audio_frames = 0
-        self.dropped = 0
+        self.dropped_video = 0  # lost or refused here (the queue's drops are the recorder's)
+        self.dropped_audio = 0
         self._vstream: av.video.stream.VideoStream | None = None
         self._astream: av.audio.stream.AudioStream | None = None
         self._resampler: av.AudioResampler | None = None
@@ -116,6 +140,7 @@ class Writer:
         self._clocks = {"video": _TrackClock(), "audio": _TrackClock()}
         self._last_vpts: int | None = None
         self._audio_written = 0  # samples at 48 kHz handed to the encoder
+        self._audio_end = 0.0  # recording time where the audio handed to the resampler ends
         self._pending: list[Item] = []
         self._seen: set[Kind] = set()
         self._started_at = time.monotonic()
@@ -158,9 +183,14 @@ class Writer:
         if frame is not None:
             self._pending.append(item)
             if len(self._pending) > 500:
-                self._pending.pop(0)
-                self.dropped += 1
+                self._count_drop(self._pending.pop(0)[0])
         self._maybe_start()
+
+    def _count_drop(self, kind: Kind) -> None:
+        if kind == "video":
+            self.dropped_video += 1
+        else:
+            self.dropped_audio += 1
 
     def _maybe_start(self) -> None:
         waiting = (self.want_video and "video" not in self._seen) or (
@@ -179,8 +209,34 @@ class Writer:
     def _first_audio(self) -> av.AudioFrame | None:
         return next((f for _, f, _ in self._pending if isinstance(f, av.AudioFrame)), None)
 
+    def _pin_origin(self) -> None:
+        """Shared-clock mode: recording time 0 is the earliest pending pts on the clock.
+
+        Only frames whose pts agree with their arrival (within ``_RESYNC_S``) vote, so one
+        track with unrelated timestamps cannot throw the file's start far away.
+        """
+        assert self.clock is not None
+        epoch = self.clock.epoch
+        on_clock = [
+            media
+            for _, frame, arrival in self._pending
+            if (media := _media_time(frame)) is not None
+            and abs(media - (arrival - epoch)) <= _RESYNC_S
+        ]
+        if on_clock:
+            origin = min(on_clock)
+        elif self._pending:
+            origin = min(arrival for _, _, arrival in self._pending) - epoch
+        else:
+            origin = self.clock.now()
+        self._t0 = epoch + origin
+        for track_clock in self._clocks.values():
+            track_clock.origin = origin
+
     def _open_streams(self) -> None:
         self._headers = True
+        if self.clock is not None:
+            self._pin_origin()
         if self.want_video:
             first = self._first_video()
             if self.size is not None:
@@ -238,6 +294,9 @@ class Writer:
     def _write_video(self, frame: av.VideoFrame, at: float) -> None:
         stream = self._vstream
         assert stream is not None
+        if at < 0:  # shared clock: made before the recording's start, by a late-joining track
+            self.dropped_video += 1
+            return
         out = self._fit(frame, stream.codec_context.width, stream.codec_context.height)
         pts = max(0, round(at / _VIDEO_TB))
         if self._last_vpts is not None and pts < self._last_vpts + _MIN_VIDEO_STEP:
@@ -268,16 +327,20 @@ class Writer:
         return _yuv.to_frame(buf, width, height)
 
     def _write_audio(self, frame: av.AudioFrame, at: float) -> None:
-        stream, resampler = self._astream, self._resampler
-        assert stream is not None and resampler is not None
-        written = self._audio_written / _AUDIO_RATE
-        if at - written > _AUDIO_GAP_S:
-            self._encode_audio(self._resample(_silence_like(frame, at - written)))
-        elif written - at > _AUDIO_AHEAD_S:
-            self.dropped += 1
-            return
-        self._encode_audio(self._resample(frame))
+        gap = at - self._audio_end
+        if gap > _AUDIO_SLACK_S:
+            self._submit_audio(_silence_like(frame, gap))
+        elif gap < -_AUDIO_SLACK_S:  # overlaps what was written: keep only the new part
+            if -gap >= frame.samples / frame.sample_rate - _AUDIO_SLACK_S:
+                self.dropped_audio += 1
+                return
+            frame = _trim_front(frame, -gap)
+        self._submit_audio(frame)
         self.audio_frames += 1
+
+    def _submit_audio(self, frame: av.AudioFrame) -> None:
+        self._audio_end += frame.samples / frame.sample_rate
+        self._encode_audio(self._resample(frame))
 
     def _resample(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
         assert self._resampler is not None
@@ -317,6 +380,25 @@ class Writer:
         if self._last_vpts is not None:
             video = float(self._last_vpts * _VIDEO_TB) + 1 / self.fps
         return max(video, self._audio_written / _AUDIO_RATE)
+
+
+def _media_time(frame: av.VideoFrame | av.AudioFrame | None) -> float | None:
+    if frame is None or frame.pts is None or frame.time_base is None:
+        return None
+    return float(frame.pts * frame.time_base)
+
+
+def _trim_front(frame: av.AudioFrame, seconds: float) -> av.AudioFrame:
+    """A copy of ``frame`` without its first ``seconds``."""
+    skip = round(seconds * frame.sample_rate)
+    data: Any = frame.to_ndarray()  # dtype follows the frame's format, which from_ndarray takes
+    if not frame.format.is_planar:
+        skip *= frame.layout.nb_channels  # packed: one row, channels interleaved
+    out = av.AudioFrame.from_ndarray(
+        np.ascontiguousarray(data[:, skip:]), format=frame.format.name, layout=frame.layout.name
+    )
+    out.sample_rate = frame.sample_rate
+    return out
 
 
 def _silence_like(frame: av.AudioFrame, seconds: float) -> av.AudioFrame:

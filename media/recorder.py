@@ -7,15 +7,20 @@ Why it is built this way:
 * Files are written to survive a crash (SIGKILL, power loss of the process): packets are
   flushed to the OS as they are muxed, Matroska clusters close every second, MP4 is fragmented
   with a keyframe every second. A killed recording decodes up to roughly its last second.
-* Timestamps come from the frames' own pts (rebased to the first frame of the recording,
-  tracks aligned by arrival time), so the file plays at real speed across gaps; the muxer only
-  ever sees strictly increasing video pts and gap-filled, contiguous audio.
+* Timestamps come from the frames' own pts, so the file plays at real speed across gaps; the
+  muxer only ever sees strictly increasing video pts and gap-filled, contiguous audio.
+* A/V sync: given the :class:`~media.clock.MediaClock` the tracks were paced by, a frame's
+  place in the file is its pts minus the recording's start, for every track, so a track that
+  is delivered late (a slow compositor, a jittery mixer) stays in sync. Without a clock the
+  tracks' timestamps are unrelated (remote WebRTC tracks): each track is pinned to the arrival
+  of its first frame and follows its own pts from there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
@@ -23,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import av
 from aiortc import MediaStreamTrack
@@ -30,9 +36,16 @@ from aiortc.mediastreams import MediaStreamError
 
 from . import _yuv
 from ._writer import FLUSH_S, Item, Kind, Profile, Writer
+from .clock import MediaClock
 from .errors import RecorderError
 
-__all__ = ["SUPPORTED_EXTENSIONS", "Recorder", "RecordingInfo"]
+__all__ = [
+    "AUDIO_ONLY_EXTENSIONS",
+    "SUPPORTED_EXTENSIONS",
+    "Recorder",
+    "RecordingInfo",
+    "VideoCodec",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +54,19 @@ _FRAG_MP4_OPTS = {
     "movflags": "frag_keyframe+empty_moov+default_base_moof",
     "frag_duration": str(FLUSH_S * 1_000_000),
 }
-_PROFILES = {
-    ".mkv": Profile("matroska", "libx264", "libopus", _MATROSKA_OPTS),
-    ".mp4": Profile("mp4", "libx264", "aac", _FRAG_MP4_OPTS),
-    ".mov": Profile("mov", "libx264", "aac", _FRAG_MP4_OPTS),
-    ".webm": Profile("webm", "libvpx", "libopus", _MATROSKA_OPTS),
+VideoCodec = Literal["h264", "vp8"]
+_ENCODERS: dict[str, str] = {"h264": "libx264", "vp8": "libvpx"}
+# Per extension: the profile with its default video codec ("" = audio only), and the video
+# codecs the container can carry.
+_PROFILES: dict[str, tuple[Profile, tuple[VideoCodec, ...]]] = {
+    ".mkv": (Profile("matroska", "libx264", "libopus", _MATROSKA_OPTS), ("h264", "vp8")),
+    ".mka": (Profile("matroska", "", "libopus", _MATROSKA_OPTS), ()),
+    ".mp4": (Profile("mp4", "libx264", "aac", _FRAG_MP4_OPTS), ("h264",)),
+    ".mov": (Profile("mov", "libx264", "aac", _FRAG_MP4_OPTS), ("h264",)),
+    ".webm": (Profile("webm", "libvpx", "libopus", _MATROSKA_OPTS), ("vp8",)),
 }
 SUPPORTED_EXTENSIONS = tuple(_PROFILES)
+AUDIO_ONLY_EXTENSIONS = (".mka",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,18 +77,33 @@ class RecordingInfo:
     video_frames: int
     audio_frames: int
     duration_s: float
-    dropped_frames: int = 0
-    """Frames lost because the writer fell behind (the bounded queue dropped the oldest)."""
+    dropped_video_frames: int = 0
+    """Video frames not in the file: the writer fell behind (the bounded queue dropped the
+    oldest), or, with a shared clock, they were made before the recording started."""
+    dropped_audio_frames: int = 0
+    """Audio frames not in the file, for the same reasons or because they only repeated
+    time already written."""
+
+    @property
+    def dropped_frames(self) -> int:
+        """Both kinds together."""
+        return self.dropped_video_frames + self.dropped_audio_frames
 
 
 class Recorder:
     """Records a video and/or an audio track to ``path``; the container follows the extension.
 
-    ``.mkv`` (H.264 + Opus, recommended), ``.mp4``/``.mov`` (fragmented MP4, H.264 + AAC),
-    ``.webm`` (VP8 + Opus). The output size is ``width`` x ``height`` if given, else the first
-    video frame's; later frames of another size are scaled (letterboxed if the aspect ratio
-    differs). ``fps`` sets the keyframe interval
-    and the nominal rate; actual timing follows the frames. Tracks are borrowed, never stopped.
+    ``.mkv`` (H.264 or, with ``video_codec="vp8"``, VP8; Opus; recommended), ``.mp4``/``.mov``
+    (fragmented MP4, H.264 + AAC), ``.webm`` (VP8 + Opus), ``.mka`` (Opus, audio only). The
+    output size is ``width`` x ``height`` if given, else the first video frame's; later frames
+    of another size are scaled (letterboxed if the aspect ratio differs). ``fps`` sets the
+    keyframe interval and the nominal rate; actual timing follows the frames.
+
+    ``clock``: the :class:`~media.clock.MediaClock` both tracks' pts are counted on (sources,
+    compositor and mixer built with it). Then A/V sync comes from the timestamps alone: each
+    frame lands at its pts minus the recording's start, however late it is delivered. Leave it
+    ``None`` for tracks with unrelated timestamps (remote WebRTC tracks); each track is then
+    pinned to the arrival of its first frame. Tracks are borrowed, never stopped.
     """
 
     def __init__(
@@ -81,14 +115,30 @@ class Recorder:
         fps: float = 30.0,
         width: int | None = None,
         height: int | None = None,
+        video_codec: VideoCodec | None = None,
+        clock: MediaClock | None = None,
     ) -> None:
         self._path = Path(path)
-        profile = _PROFILES.get(self._path.suffix.lower())
-        if profile is None:
+        suffix = self._path.suffix.lower()
+        if suffix not in _PROFILES:
             raise RecorderError(
                 f"unsupported recording extension {self._path.suffix!r} for {self._path}; "
                 f"use one of {', '.join(SUPPORTED_EXTENSIONS)}"
             )
+        profile, codecs = _PROFILES[suffix]
+        if video_codec is not None and video_codec not in _ENCODERS:
+            raise ValueError(
+                f"video_codec must be one of {', '.join(_ENCODERS)}, got {video_codec!r}"
+            )
+        if video is not None and not codecs:
+            raise RecorderError(f"{suffix} is audio-only; record video to .mkv, .mp4 or .webm")
+        if video_codec is not None and video_codec not in codecs:
+            raise RecorderError(
+                f"{suffix} cannot carry {video_codec}; use .mkv (h264 or vp8), .webm (vp8) or "
+                ".mp4 (h264)"
+            )
+        if video_codec is not None:
+            profile = dataclasses.replace(profile, video_codec=_ENCODERS[video_codec])
         if video is None and audio is None:
             raise RecorderError("nothing to record: pass a video and/or an audio track")
         if video is not None and video.kind != "video":
@@ -106,12 +156,13 @@ class Recorder:
         self._audio = audio
         self._fps = float(fps)
         self._size = (width, height) if width is not None and height is not None else None
+        self._clock = clock
         capacity = (int(self._fps * 2) if video else 0) + (100 if audio else 0)
         self._items: queue.Queue[Item | None] = queue.Queue(maxsize=capacity)
         self._writer: Writer | None = None
         self._thread: threading.Thread | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._dropped = 0
+        self._dropped = {"video": 0, "audio": 0}  # by the queue
         self._started = False
         self._info: RecordingInfo | None = None
         self._closing: asyncio.Future[RecordingInfo] | None = None
@@ -131,8 +182,23 @@ class Recorder:
         return self._writer.audio_frames if self._writer else 0
 
     @property
+    def dropped_video_frames(self) -> int:
+        """Video frames that will not be in the file (see ``RecordingInfo``)."""
+        return self._dropped["video"] + (self._writer.dropped_video if self._writer else 0)
+
+    @property
+    def dropped_audio_frames(self) -> int:
+        """Audio frames that will not be in the file (see ``RecordingInfo``)."""
+        return self._dropped["audio"] + (self._writer.dropped_audio if self._writer else 0)
+
+    @property
     def dropped_frames(self) -> int:
-        return self._dropped + (self._writer.dropped if self._writer else 0)
+        return self.dropped_video_frames + self.dropped_audio_frames
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds of media encoded so far (the file holds this, minus what a crash loses)."""
+        return self._writer.duration_s if self._writer else 0.0
 
     async def __aenter__(self) -> Recorder:
         await self.start()
@@ -158,6 +224,7 @@ class Recorder:
             fps=self._fps,
             size=self._size,
             items=self._items,
+            clock=self._clock,
         )
         self._thread = threading.Thread(
             target=self._writer.run, name=f"recorder-{self._path.name}", daemon=True
@@ -208,8 +275,9 @@ class Recorder:
             self._items.put_nowait(item)
         except queue.Full:
             with contextlib.suppress(queue.Empty):
-                self._items.get_nowait()
-                self._dropped += 1
+                oldest = self._items.get_nowait()
+                if oldest is not None and oldest[1] is not None:
+                    self._dropped[oldest[0]] += 1
             self._items.put_nowait(item)
 
     async def aclose(self) -> RecordingInfo:
@@ -246,7 +314,8 @@ class Recorder:
             video_frames=writer.video_frames if writer else 0,
             audio_frames=writer.audio_frames if writer else 0,
             duration_s=writer.duration_s if writer else 0.0,
-            dropped_frames=self.dropped_frames,
+            dropped_video_frames=self.dropped_video_frames,
+            dropped_audio_frames=self.dropped_audio_frames,
         )
         if reader_errors:
             raise RecorderError(

@@ -24,6 +24,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from . import _yuv
 from ._pacing import Pacer
+from .clock import MediaClock
 from .errors import SourceError
 from .timecode import BAND, Stamp, stamp_luma
 
@@ -35,6 +36,7 @@ VIDEO_CLOCK_RATE = 90000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 _MAX_FPS = 120.0
 _GOLDEN_ANGLE = math.radians(137.50776)
+_FLASH_Y = 235  # video-legal white
 
 
 class PatternVideoTrack(MediaStreamTrack):
@@ -44,6 +46,11 @@ class PatternVideoTrack(MediaStreamTrack):
     bots are told apart at a glance. Frame ``n`` (0, 1, 2, ...) carries ``Stamp(n, now_ms)``.
     Per-frame work is one buffer copy plus a few slice writes (~0.1 ms at 640x480), so it
     runs on the event loop.
+
+    With a ``clock``, pts are media time since the clock's epoch, on the same timeline as every
+    other track paced by that clock. With ``flash_every_s``, the frame whose media time (pts)
+    falls in ``[k * flash_every_s, k * flash_every_s + 1 / fps)`` is white below the stamp band:
+    a visual sync mark that a ``ToneAudioTrack(beep_every_s=...)`` on the same clock matches.
     """
 
     kind = "video"
@@ -56,6 +63,8 @@ class PatternVideoTrack(MediaStreamTrack):
         fps: float = 30.0,
         label: str = "",
         seed: int = 0,
+        clock: MediaClock | None = None,
+        flash_every_s: float | None = None,
     ) -> None:
         if width % 2 or height % 2:
             raise ValueError(f"width and height must be even for yuv420p, got {width}x{height}")
@@ -63,12 +72,16 @@ class PatternVideoTrack(MediaStreamTrack):
             raise ValueError(f"frame must be at least 64x64, got {width}x{height}")
         if not 0 < fps <= _MAX_FPS:
             raise ValueError(f"fps must be in (0, {_MAX_FPS:g}], got {fps}")
+        if flash_every_s is not None and not flash_every_s > 1 / fps:
+            raise ValueError(f"flash_every_s must be longer than a frame, got {flash_every_s}")
         super().__init__()
         self._width = width
         self._height = height
         self._fps = float(fps)
         self._label = label
-        self._pacer = Pacer(self._fps)
+        self._clock = clock
+        self._flash_every_s = flash_every_s
+        self._pacer = Pacer(self._fps, clock)
         self._frames_sent = 0
         self._band = min(height, 2 * math.ceil(height * BAND / 2) + 2)
         self._base = self._render_background(seed)
@@ -91,6 +104,18 @@ class PatternVideoTrack(MediaStreamTrack):
     @property
     def fps(self) -> float:
         return self._fps
+
+    @property
+    def clock(self) -> MediaClock | None:
+        return self._clock
+
+    def is_flash(self, media_time_s: float) -> bool:
+        """Whether the frame at this media time (pts in seconds) is a flash frame."""
+        period = self._flash_every_s
+        if period is None:
+            return False
+        phase = media_time_s - math.floor(media_time_s / period + 1e-9) * period
+        return phase < 1 / self._fps - 1e-6
 
     def _render_background(self, seed: int) -> npt.NDArray[np.uint8]:
         w, h = self._width, self._height
@@ -125,11 +150,28 @@ class PatternVideoTrack(MediaStreamTrack):
         u[cmask] = _yuv.NEUTRAL_C
         v[cmask] = _yuv.NEUTRAL_C
 
-    def render(self, frame_number: int, capture_time_ms: int | None = None) -> av.VideoFrame:
-        """Build frame ``frame_number`` without pacing (for tests and benchmarks); pts unset."""
+    def render(
+        self,
+        frame_number: int,
+        capture_time_ms: int | None = None,
+        *,
+        media_time_s: float | None = None,
+    ) -> av.VideoFrame:
+        """Build frame ``frame_number`` without pacing (for tests and benchmarks); pts unset.
+
+        ``media_time_s`` (the pts the frame will carry, in seconds) decides whether it flashes.
+        """
         w, h = self._width, self._height
         buf = self._base.copy()
         y, u, v = _yuv.views(buf, w, h)
+        if capture_time_ms is None:
+            capture_time_ms = int(time.time() * 1000)
+        if media_time_s is not None and self.is_flash(media_time_s):
+            y[self._band :] = _FLASH_Y
+            u[self._band // 2 :] = _yuv.NEUTRAL_C
+            v[self._band // 2 :] = _yuv.NEUTRAL_C
+            stamp_luma(y, Stamp(frame_number, capture_time_ms))
+            return _yuv.to_frame(buf, w, h)
         content = h - self._band
         # A vertical bar sweeping left to right every 3 s.
         period = max(1, int(self._fps * 3))
@@ -147,8 +189,6 @@ class PatternVideoTrack(MediaStreamTrack):
         y[y0 : y0 + side, x0 : x0 + side] = 170
         u[y0 // 2 : (y0 + side) // 2, x0 // 2 : (x0 + side) // 2] = self._box_uv[0]
         v[y0 // 2 : (y0 + side) // 2, x0 // 2 : (x0 + side) // 2] = self._box_uv[1]
-        if capture_time_ms is None:
-            capture_time_ms = int(time.time() * 1000)
         stamp_luma(y, Stamp(frame_number, capture_time_ms))
         return _yuv.to_frame(buf, w, h)
 
@@ -156,7 +196,7 @@ class PatternVideoTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         slot = await self._pacer.next_slot()
-        frame = self.render(self._frames_sent)
+        frame = self.render(self._frames_sent, media_time_s=slot / self._fps)
         frame.pts = round(slot * VIDEO_CLOCK_RATE / self._fps)
         frame.time_base = VIDEO_TIME_BASE
         self._frames_sent += 1
@@ -164,7 +204,13 @@ class PatternVideoTrack(MediaStreamTrack):
 
 
 class ToneAudioTrack(MediaStreamTrack):
-    """A continuous-phase sine tone (s16), paced in real time; pts count samples."""
+    """A continuous-phase sine tone (s16), paced in real time; pts count samples.
+
+    With a ``clock``, pts count samples since the clock's epoch (one timeline with every other
+    track on that clock). With ``beep_every_s``, the tone is silent except during
+    ``[k * beep_every_s, k * beep_every_s + beep_s)`` of media time, sample-exact from the
+    pts: the audio half of the flash/beep sync mark (see ``PatternVideoTrack``).
+    """
 
     kind = "audio"
 
@@ -176,6 +222,9 @@ class ToneAudioTrack(MediaStreamTrack):
         channels: int = 1,
         amplitude: float = 0.25,
         frame_ms: int = 20,
+        clock: MediaClock | None = None,
+        beep_every_s: float | None = None,
+        beep_s: float = 0.1,
     ) -> None:
         if not 8000 <= sample_rate <= 192000:
             raise ValueError(f"sample_rate must be in [8000, 192000], got {sample_rate}")
@@ -190,6 +239,11 @@ class ToneAudioTrack(MediaStreamTrack):
                 f"frame_ms must be positive and give whole samples at {sample_rate} Hz, "
                 f"got {frame_ms}"
             )
+        if beep_every_s is not None and not 0 < beep_s < beep_every_s:
+            raise ValueError(
+                f"beep_s must be positive and shorter than beep_every_s, got {beep_s} "
+                f"every {beep_every_s}"
+            )
         super().__init__()
         self._frequency = float(frequency)
         self._sample_rate = sample_rate
@@ -198,7 +252,9 @@ class ToneAudioTrack(MediaStreamTrack):
         self._amplitude = amplitude
         self._samples = sample_rate * frame_ms // 1000
         self._time_base = fractions.Fraction(1, sample_rate)
-        self._pacer = Pacer(1000 / frame_ms)
+        self._clock = clock
+        self._beep = None if beep_every_s is None else (beep_every_s, beep_s)
+        self._pacer = Pacer(1000 / frame_ms, clock)
         self._frames_sent = 0
 
     @property
@@ -209,11 +265,18 @@ class ToneAudioTrack(MediaStreamTrack):
     def sample_rate(self) -> int:
         return self._sample_rate
 
+    @property
+    def clock(self) -> MediaClock | None:
+        return self._clock
+
     def render(self, first_sample: int) -> av.AudioFrame:
         """Build the frame starting at sample ``first_sample`` (no pacing, pts set)."""
         n = np.arange(first_sample, first_sample + self._samples, dtype=np.float64)
         cycles = np.mod(n * (self._frequency / self._sample_rate), 1.0)
         wave = np.round(np.sin(2 * np.pi * cycles) * (self._amplitude * 32767)).astype(np.int16)
+        if self._beep is not None:
+            every, length = (s * self._sample_rate for s in self._beep)
+            wave[np.mod(n, every) >= length] = 0
         data = np.repeat(wave, self._channels).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(data, format="s16", layout=self._layout)
         frame.sample_rate = self._sample_rate
