@@ -331,10 +331,11 @@ class Writer:
         if gap > _AUDIO_SLACK_S:
             self._submit_audio(_silence_like(frame, gap))
         elif gap < -_AUDIO_SLACK_S:  # overlaps what was written: keep only the new part
-            if -gap >= frame.samples / frame.sample_rate - _AUDIO_SLACK_S:
+            skip = round(-gap * frame.sample_rate)
+            if skip >= frame.samples:
                 self.dropped_audio += 1
                 return
-            frame = _trim_front(frame, -gap)
+            frame = _trim_front(frame, skip)
         self._submit_audio(frame)
         self.audio_frames += 1
 
@@ -388,9 +389,8 @@ def _media_time(frame: av.VideoFrame | av.AudioFrame | None) -> float | None:
     return float(frame.pts * frame.time_base)
 
 
-def _trim_front(frame: av.AudioFrame, seconds: float) -> av.AudioFrame:
-    """A copy of ``frame`` without its first ``seconds``."""
-    skip = round(seconds * frame.sample_rate)
+def _trim_front(frame: av.AudioFrame, skip: int) -> av.AudioFrame:
+    """A copy of ``frame`` without its first ``skip`` samples."""
     data: Any = frame.to_ndarray()  # dtype follows the frame's format, which from_ndarray takes
     if not frame.format.is_planar:
         skip *= frame.layout.nb_channels  # packed: one row, channels interleaved

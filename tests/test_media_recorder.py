@@ -14,8 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import av
+import numpy as np
+import numpy.typing as npt
 import pytest
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
@@ -30,6 +33,7 @@ from media import (
     fit,
     read_stamp,
 )
+from media.recorder import VideoCodec
 
 
 def _other_tasks() -> list[asyncio.Task[object]]:
@@ -82,8 +86,9 @@ def _decode(path: Path) -> tuple[list[tuple[float, int | None]], float, list[str
     codecs = []
     with av.open(str(path)) as container:
         codecs = [s.codec_context.name for s in container.streams]
+        streams: list[Any] = list(container.streams)  # mixed kinds: the catch-all overload
         try:
-            for frame in container.decode(*container.streams):
+            for frame in container.decode(*streams):
                 if isinstance(frame, av.VideoFrame):
                     stamp = read_stamp(frame)
                     video.append((float(frame.time or 0.0), stamp.frame_number if stamp else None))
@@ -104,12 +109,16 @@ class _Recorded:
         self.wall_s = wall_s
 
 
-async def _record(path: Path, frames: int, *, audio: bool = True) -> _Recorded:
+async def _record(
+    path: Path, frames: int, *, audio: bool = True, video_codec: VideoCodec | None = None
+) -> _Recorded:
     """Record until ``frames`` video frames are encoded (however long a loaded machine takes)."""
     video_track = _LoggedPattern(width=320, height=240, fps=15, label=path.suffix)
     audio_track = ToneAudioTrack() if audio else None
     started = time.monotonic()
-    async with Recorder(path, video=video_track, audio=audio_track, fps=15) as rec:
+    async with Recorder(
+        path, video=video_track, audio=audio_track, fps=15, video_codec=video_codec
+    ) as rec:
         await _until(lambda: rec.video_frames >= frames)
     info = await rec.aclose()
     wall_s = time.monotonic() - started
@@ -137,24 +146,27 @@ def _assert_real_speed(video: list[tuple[float, int | None]], sent_pts: list[int
 
 
 async def test_records_every_container(tmp_path: Path) -> None:
-    paths = [tmp_path / f"call.{ext}" for ext in ("mkv", "mp4", "webm", "mov")]
-    results = await asyncio.gather(*(_record(p, 30) for p in paths))  # 2 s of 15 fps
+    expected_codecs: dict[str, list[str]] = {
+        "call.mkv": ["h264", "opus"],
+        "call.mp4": ["h264", "aac"],
+        "call.mov": ["h264", "aac"],
+        "call.webm": ["vp8", "opus"],
+        "call-vp8.mkv": ["vp8", "opus"],
+    }
+    paths = [tmp_path / name for name in expected_codecs]
+    results = await asyncio.gather(  # 2 s of 15 fps each
+        *(_record(p, 30, video_codec="vp8" if "vp8" in p.name else None) for p in paths)
+    )
     assert _other_tasks() == []
     assert _recorder_threads() == []
-    expected_codecs = {
-        ".mkv": ["h264", "opus"],
-        ".mp4": ["h264", "aac"],
-        ".mov": ["h264", "aac"],
-        ".webm": ["vp8", "opus"],
-    }
     for path, rec in zip(paths, results, strict=True):
         info = rec.info
         assert info.path == path
         assert info.video_frames >= 30 and info.audio_frames > 0, info
         video, audio_s, codecs = await asyncio.to_thread(_decode, path)
-        assert codecs == expected_codecs[path.suffix]
+        assert codecs == expected_codecs[path.name]
         assert len(video) == info.video_frames  # every encoded frame is in the file
-        _assert_in_order([n for _, n in video], info.dropped_frames, path.name)
+        _assert_in_order([n for _, n in video], info.dropped_video_frames, path.name)
         times = [t for t, _ in video]
         assert all(b > a for a, b in itertools.pairwise(times))
         _assert_real_speed(video, rec.video.pts)
@@ -169,21 +181,22 @@ async def test_video_only_and_audio_only(tmp_path: Path) -> None:
     video, audio_s, codecs = await asyncio.to_thread(_decode, tmp_path / "video.mkv")
     assert codecs == ["h264"] and audio_s == 0
     assert len(video) == rec.info.video_frames >= 8
-    _assert_in_order([n for _, n in video], rec.info.dropped_frames, "video.mkv")
+    _assert_in_order([n for _, n in video], rec.info.dropped_video_frames, "video.mkv")
     _assert_real_speed(video, rec.video.pts)
 
-    tone = ToneAudioTrack(frequency=300)
-    started = time.monotonic()
-    async with Recorder(tmp_path / "voice.mp4", video=None, audio=tone) as recorder:
-        await _until(lambda: recorder.audio_frames >= 30)  # 0.6 s of 20 ms frames
-    info = await recorder.aclose()
-    wall_s = time.monotonic() - started
-    tone.stop()
-    assert info.video_frames == 0 and info.audio_frames >= 30
-    video, audio_s, codecs = await asyncio.to_thread(_decode, tmp_path / "voice.mp4")
-    assert codecs == ["aac"] and video == []
-    assert audio_s == pytest.approx(info.duration_s, abs=0.05)  # what was encoded decodes
-    assert info.audio_frames * 0.02 - 0.05 <= audio_s <= wall_s + 0.1
+    for name, codec in (("voice.mp4", "aac"), ("voice.mka", "opus")):
+        tone = ToneAudioTrack(frequency=300)
+        started = time.monotonic()
+        async with Recorder(tmp_path / name, video=None, audio=tone) as recorder:
+            await _until(lambda: recorder.audio_frames >= 30)  # 0.6 s of 20 ms frames
+        info = await recorder.aclose()
+        wall_s = time.monotonic() - started
+        tone.stop()
+        assert info.video_frames == 0 and info.audio_frames >= 30
+        video, audio_s, codecs = await asyncio.to_thread(_decode, tmp_path / name)
+        assert codecs == [codec] and video == []
+        assert audio_s == pytest.approx(info.duration_s, abs=0.05)  # what was encoded decodes
+        assert info.audio_frames * 0.02 - 0.05 <= audio_s <= wall_s + 0.1
 
 
 class _ScriptedTrack(MediaStreamTrack):
@@ -312,7 +325,7 @@ CHILD = textwrap.dedent(
             recorders.append(rec)
         while min(r.video_frames for r in recorders) < 30:
             await asyncio.sleep(0.02)
-        counts = [[r.video_frames, r.dropped_frames] for r in recorders]
+        counts = [[r.video_frames, r.dropped_video_frames] for r in recorders]
         print(json.dumps(counts), flush=True)
         # Freeze the loop: no frame is queued or dropped any more, so the counts just printed
         # are final, while the writer threads carry on (and may be mid-write when killed).
@@ -363,6 +376,14 @@ def test_bad_arguments_fail_at_construction(tmp_path: Path) -> None:
         Recorder(tmp_path / "x.mkv", video=track, width=320)
     with pytest.raises(ValueError, match="even"):
         Recorder(tmp_path / "x.mkv", video=track, width=321, height=240)
+    with pytest.raises(RecorderError, match=r"\.mka is audio-only"):
+        Recorder(tmp_path / "x.mka", video=track)
+    with pytest.raises(RecorderError, match=r"\.mp4 cannot carry vp8"):
+        Recorder(tmp_path / "x.mp4", video=track, video_codec="vp8")
+    with pytest.raises(RecorderError, match=r"\.webm cannot carry h264"):
+        Recorder(tmp_path / "x.webm", video=track, video_codec="h264")
+    with pytest.raises(ValueError, match="video_codec"):
+        Recorder(tmp_path / "x.mkv", video=track, video_codec="av1")  # type: ignore[arg-type]
 
 
 async def test_unwritable_path_fails_at_start(tmp_path: Path) -> None:
@@ -381,3 +402,126 @@ async def test_unwritable_path_fails_at_start(tmp_path: Path) -> None:
     assert _other_tasks() == []
     assert _recorder_threads() == []
     track.stop()
+
+
+class _ScriptedAudio(MediaStreamTrack):
+    """A 440 Hz tone cut into 20 ms frames that start at the scripted samples, then ends."""
+
+    kind = "audio"
+
+    def __init__(self, starts: list[int]) -> None:
+        super().__init__()
+        self._tone = ToneAudioTrack(frequency=440)
+        self._starts = iter(starts)
+
+    async def recv(self) -> av.AudioFrame:
+        await asyncio.sleep(0)
+        start = next(self._starts, None)
+        if start is None:
+            self.stop()
+            raise MediaStreamError
+        return self._tone.render(start)  # pts = start, in 1/48000
+
+
+async def test_audio_keeps_its_timeline_through_repeats_overlaps_and_gaps(tmp_path: Path) -> None:
+    """Audio is placed by its pts: repeated time is dropped, overlaps trimmed, gaps silent.
+
+    If any of these were written as they come, everything after would be shifted and the
+    tone's phase would no longer match the ideal tone at each point in the file.
+    """
+    script = [i * 960 for i in range(10)]  # [0, 0.2 s)
+    script.append(9 * 960)  # the last 20 ms again: dropped
+    script.append(9 * 960 + 240)  # [0.185, 0.205): 15 ms overlap, trimmed to [0.2, 0.205)
+    script += [10 * 960 + 240 + i * 960 for i in range(9)]  # [0.205, 0.385)
+    script += [32880 + i * 960 for i in range(5)]  # after a 0.3 s gap: [0.685, 0.785)
+    path = tmp_path / "script.mka"
+    track = _ScriptedAudio(script)
+    async with Recorder(path, video=None, audio=track) as rec:
+        await _until(lambda: rec.audio_frames + rec.dropped_audio_frames >= len(script))
+    info = await rec.aclose()
+    assert (info.audio_frames, info.dropped_audio_frames, info.dropped_video_frames) == (25, 1, 0)
+    assert info.dropped_frames == 1
+
+    def decode() -> npt.NDArray[np.float64]:
+        with av.open(str(path)) as container:
+            chunks = [f.to_ndarray()[0] for f in container.decode(audio=0)]  # mono fltp
+        return np.concatenate(chunks).astype(np.float64)
+
+    samples = await asyncio.to_thread(decode)
+
+    def match(start_s: float, end_s: float) -> float:
+        """Normalised correlation of the file with the ideal tone over [start_s, end_s)."""
+        first, last = round(start_s * 48000), round(end_s * 48000)
+        got = samples[first:last]
+        want = np.sin(2 * np.pi * 440 * np.arange(first, last) / 48000)
+        return float(got @ want / np.sqrt((got @ got) * (want @ want)))
+
+    assert len(samples) / 48000 == pytest.approx(0.785, abs=0.025)
+    assert match(0.02, 0.19) > 0.95
+    assert match(0.21, 0.38) > 0.95  # after the repeat and the overlap: still in phase
+    assert match(0.69, 0.78) > 0.95  # after the gap: in phase again
+    assert np.abs(samples[round(0.39 * 48000) : round(0.68 * 48000)]).max() < 0.01  # silence
+
+
+ROOT = Path(__file__).resolve().parents[1]
+TERM_CHILD = textwrap.dedent(
+    """
+    import asyncio, json, signal, sys
+    from media import PatternVideoTrack, Recorder, ToneAudioTrack
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        video = PatternVideoTrack(width=320, height=240, fps=15)
+        audio = ToneAudioTrack()
+        rec = Recorder(sys.argv[1], video=video, audio=audio, fps=15)
+        await rec.start()
+        while not stop.is_set():
+            print(json.dumps({"duration": rec.duration_s}), flush=True)
+            try:
+                await asyncio.wait_for(stop.wait(), 0.1)
+            except TimeoutError:
+                pass
+        info = await rec.aclose()
+        video.stop()
+        audio.stop()
+        print(json.dumps({"frames": info.video_frames, "duration": info.duration_s}), flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_sigterm_finalises_the_file(tmp_path: Path) -> None:
+    """A recorder stopped by SIGTERM (through aclose) leaves a complete, indexed file."""
+    path = tmp_path / "term.mkv"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", TERM_CHILD, str(path), cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(90):
+            while json.loads(await proc.stdout.readline())["duration"] < 2.0:
+                pass
+            proc.send_signal(signal.SIGTERM)
+            lines = (await proc.stdout.read()).splitlines()
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    final = json.loads(lines[-1])
+    assert final["frames"] >= 30
+
+    def probe() -> tuple[float | None, int]:
+        with av.open(str(path)) as container:
+            duration = container.duration
+            frames = sum(1 for _ in container.decode(video=0))
+        return (None if duration is None else duration / av.time_base), frames
+
+    duration, frames = await asyncio.to_thread(probe)
+    assert frames == final["frames"]  # every encoded frame, none cut off
+    # The header carries the duration only once the muxer was finalised (a killed Matroska
+    # recording has none).
+    assert duration == pytest.approx(final["duration"], abs=0.1)
