@@ -14,6 +14,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from media import FileSource, PatternVideoTrack, SourceError, ToneAudioTrack, read_stamp
+from media.clock import MediaClock
 
 from .test_media_pacing import assert_paced
 
@@ -34,11 +35,12 @@ def _no_other_tasks() -> bool:
         ({"fps": 0}, "fps"),
         ({"fps": -5}, "fps"),
         ({"fps": 121}, "fps"),
+        ({"fps": 30, "flash_every_s": 0.02}, "flash_every_s"),
     ],
 )
-def test_pattern_rejects_bad_arguments(kwargs: dict[str, int], message: str) -> None:
+def test_pattern_rejects_bad_arguments(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        PatternVideoTrack(**kwargs)
+        PatternVideoTrack(**kwargs)  # type: ignore[arg-type]
 
 
 async def test_pattern_frames_are_stamped_paced_and_timestamped() -> None:
@@ -102,6 +104,46 @@ def test_pattern_content_moves_and_seeds_differ() -> None:
     assert np.count_nonzero(first[band:] != unlabeled[band:]) > 500  # the label is drawn
 
 
+def _is_white(frame: av.VideoFrame) -> bool:
+    luma = frame.to_ndarray()[: frame.height]
+    return bool(luma[frame.height // 4 :].min() >= 230)
+
+
+def test_pattern_flashes_once_per_period_by_media_time() -> None:
+    track = PatternVideoTrack(width=320, height=240, fps=30, label="x", flash_every_s=1.0)
+    plain = PatternVideoTrack(width=320, height=240, fps=30, label="x")
+    for n in range(95):
+        frame = track.render(n, 1000 + n, media_time_s=n / 30)
+        # [k, k + 1/30) holds exactly one slot: frames 0, 30, 60, 90.
+        assert _is_white(frame) == (n % 30 == 0), n
+        stamp = read_stamp(frame)
+        assert stamp is not None and stamp.frame_number == n  # the stamp band is kept
+    # 25 fps and a 0.5 s period: the first frame at or after each k * 0.5 s.
+    odd = PatternVideoTrack(width=320, height=240, fps=25, flash_every_s=0.5)
+    assert [n for n in range(60) if odd.is_flash(n / 25)] == [0, 13, 25, 38, 50]
+    # Without flash_every_s (or without a media time) nothing changes.
+    assert not any(_is_white(plain.render(n, media_time_s=n / 30)) for n in (0, 30))
+    assert np.array_equal(track.render(30, 5).to_ndarray(), plain.render(30, 5).to_ndarray())
+
+
+async def test_pattern_pts_are_media_time_on_a_shared_clock() -> None:
+    clock = MediaClock(time.monotonic() - 0.9)  # media time 0.9 s: the first flash is close
+    track = PatternVideoTrack(width=160, height=120, fps=30, clock=clock, flash_every_s=1.0)
+    flashes = 0
+    async with asyncio.timeout(60):  # a starved pacer may skip a flash slot; wait for one
+        while not flashes:
+            asked = clock.now()
+            frame = await track.recv()
+            assert frame.pts is not None
+            media = frame.pts / 90000
+            # The next slot due on the clock: never early, never more than a slot stale.
+            assert asked - 1 / 30 - 1e-3 <= media <= clock.now() + 1e-3, (asked, media)
+            white = _is_white(frame)
+            assert white == (frame.pts % 90000 < 3000), frame.pts
+            flashes += white
+    track.stop()
+
+
 # -- ToneAudioTrack ------------------------------------------------------------------------------
 
 
@@ -114,6 +156,8 @@ def test_pattern_content_moves_and_seeds_differ() -> None:
         ({"amplitude": 1.5}, "amplitude"),
         ({"sample_rate": 44100, "frame_ms": 3}, "frame_ms"),
         ({"sample_rate": 1000}, "sample_rate"),
+        ({"beep_every_s": 1.0, "beep_s": 1.0}, "beep_s"),
+        ({"beep_every_s": 1.0, "beep_s": 0}, "beep_s"),
     ],
 )
 def test_tone_rejects_bad_arguments(kwargs: dict[str, float], message: str) -> None:
@@ -151,6 +195,30 @@ async def test_tone_is_continuous_paced_and_correct() -> None:
     track.stop()
     with pytest.raises(MediaStreamError):
         await track.recv()
+
+
+def test_tone_beeps_sample_exactly() -> None:
+    track = ToneAudioTrack(frequency=1000, amplitude=0.5, beep_every_s=0.5, beep_s=0.1)
+    plain = ToneAudioTrack(frequency=1000, amplitude=0.5)
+    for first in range(0, 48000, 240):  # 20 ms frames straddling every edge
+        got = track.render(first).to_ndarray()[0]
+        n = np.arange(first, first + 960)
+        gate = (n % 24000) < 4800  # [0, 0.1) and [0.5, 0.6) of each second
+        full = plain.render(first).to_ndarray()[0]
+        assert np.array_equal(got, np.where(gate, full, 0)), first
+    # The beep is the tone itself: loud enough for an envelope to find its onset.
+    assert np.abs(track.render(24000).to_ndarray()).max() > 0.45 * 32767
+
+
+async def test_tone_pts_count_samples_on_a_shared_clock() -> None:
+    clock = MediaClock(time.monotonic() - 2.0)
+    track = ToneAudioTrack(clock=clock)
+    for _ in range(3):
+        asked = clock.now()
+        frame = await track.recv()
+        assert frame.pts is not None and frame.pts % 960 == 0
+        assert asked - 0.02 - 1e-3 <= frame.pts / 48000 <= clock.now() + 1e-3
+    track.stop()
 
 
 # -- FileSource ----------------------------------------------------------------------------------
