@@ -28,7 +28,7 @@ __all__ = ["STALL_MARK_YUV", "Canvas", "Tile", "placeholder_yuv"]
 STALL_MARK_YUV = (81, 90, 240)
 """BT.601 red: the border drawn round a tile whose video has stalled."""
 _LABEL_MIN_TILE_H = 60  # below this a label would cover too much of the picture
-_FAST_FORMATS = frozenset({"yuv420p", "yuvj420p"})
+_JPEG_RANGE = 2  # AVCOL_RANGE_JPEG: full-range samples, converted to the canvas's video range
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +156,12 @@ class Canvas:
         _fill_bars(planes, cell, content)
         if content.w < 2 or content.h < 2:
             return
-        if frame.format.name not in _FAST_FORMATS:
-            frame = state.reformatter.reformat(frame, format="yuv420p")
+        if frame.format.name != "yuv420p":
+            frame = state.reformatter.reformat(frame, format="yuv420p")  # yuvj420p too: range
+        elif frame.color_range == _JPEG_RANGE:
+            frame = state.reformatter.reformat(
+                frame, format="yuv420p", src_color_range="JPEG", dst_color_range="MPEG"
+            )
         src = _yuv.planes_of(frame)
         y, u, v = planes
         resize_into(src[0], y[content.y : content.bottom, content.x : content.right])

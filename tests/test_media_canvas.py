@@ -580,3 +580,23 @@ def test_odd_sized_and_rgb_inputs_with_resolution_changes() -> None:
     assert len(seen) == 1  # the same colour whatever the size
     ((yy, uu, vv),) = seen
     assert yy < 100 and vv > 180 and uu < 128  # red-ish in BT.601
+
+
+@pytest.mark.parametrize("tagged", ["yuvj420p", "yuv420p-full-range"])
+def test_full_range_input_is_mapped_to_video_range(tagged: str) -> None:
+    """JPEG-range input (MJPEG webcams, some H.264) must not paint out-of-range black/white."""
+    w, h = 320, 240
+    arr = np.empty((h * 3 // 2, w), dtype=np.uint8)
+    arr[: h // 2] = 0  # full-range black
+    arr[h // 2 : h] = 255  # full-range white
+    arr[h:] = 128
+    if tagged == "yuvj420p":
+        frame = av.VideoFrame.from_ndarray(arr, format="yuvj420p")
+    else:
+        frame = av.VideoFrame.from_ndarray(arr, format="yuv420p")
+        frame.color_range = 2  # AVCOL_RANGE_JPEG
+    canvas = Canvas(width=320, height=240)
+    got = planes(canvas.compose([Tile("a", Rect(0, 0, 320, 240), frame)]))
+    assert abs(int(got[0][10, 10]) - 16) <= 1
+    assert abs(int(got[0][230, 10]) - 235) <= 1
+    assert abs(int(got[1][60, 80]) - 128) <= 1
