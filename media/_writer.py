@@ -26,6 +26,7 @@ import queue
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import av
@@ -60,6 +61,43 @@ class Profile:
     video_codec: str
     audio_codec: str
     options: dict[str, str] = field(default_factory=dict)
+
+
+def configure_video(
+    cc: av.video.codeccontext.VideoCodecContext, width: int, height: int, fps: float
+) -> None:
+    """Live-recording encoder settings: fast, no lookahead, a keyframe every ``FLUSH_S``."""
+    cc.width, cc.height = width, height
+    cc.pix_fmt = "yuv420p"
+    cc.time_base = _VIDEO_TB
+    cc.gop_size = max(1, round(fps * FLUSH_S))
+    # One encoder thread: the writer is the one owned thread per recording, and codec thread
+    # pools spin badly on a contended CPU (libvpx measured ~70x slower per frame with automatic
+    # threads under load, dropping most frames).
+    cc.thread_count = 1
+    if cc.name == "libx264":
+        cc.options = {"preset": "ultrafast", "tune": "zerolatency"}
+    else:
+        cc.bit_rate = max(500_000, int(0.1 * width * height * fps))
+        cc.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+
+
+def open_container(path: Path, profile: Profile) -> av.container.OutputContainer:
+    """Open ``path`` for writing with the crash-safe muxer options (blocking: run in a thread)."""
+    # av only creates the file when the header is written; fail here instead.
+    with open(path, "wb"):
+        pass
+    options = {
+        "flush_packets": "1",
+        # The interleaver waits for every stream; if one stalls (a muted or ended track) it
+        # would hold the others back for its default 10 s. Cap that at one flush period.
+        "max_interleave_delta": str(FLUSH_S * 1_000_000),
+        **profile.options,
+    }
+    container: av.container.OutputContainer = av.open(
+        str(path), mode="w", format=profile.format, container_options=options
+    )
+    return container
 
 
 class _TrackClock:
@@ -248,20 +286,7 @@ class Writer:
             rate = fractions.Fraction(self.fps).limit_denominator(1001)
             vs = self.container.add_stream(self.profile.video_codec, rate=rate)
             assert isinstance(vs, av.video.stream.VideoStream)
-            cc = vs.codec_context
-            cc.width, cc.height = width, height
-            cc.pix_fmt = "yuv420p"
-            cc.time_base = _VIDEO_TB
-            cc.gop_size = max(1, round(self.fps * FLUSH_S))
-            # One encoder thread: the writer is the one owned thread per recording, and codec
-            # thread pools spin badly on a contended CPU (libvpx measured ~70x slower per frame
-            # with automatic threads under load, dropping most frames).
-            cc.thread_count = 1
-            if self.profile.video_codec == "libx264":
-                cc.options = {"preset": "ultrafast", "tune": "zerolatency"}
-            else:
-                cc.bit_rate = max(500_000, int(0.1 * width * height * self.fps))
-                cc.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+            configure_video(vs.codec_context, width, height, self.fps)
             self._vstream = vs
         if self.want_audio:
             first_audio = self._first_audio()

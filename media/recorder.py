@@ -35,7 +35,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from . import _yuv
-from ._writer import FLUSH_S, Item, Kind, Profile, Writer
+from ._writer import FLUSH_S, Item, Kind, Profile, Writer, open_container
 from .clock import MediaClock
 from .errors import RecorderError
 
@@ -67,6 +67,29 @@ _PROFILES: dict[str, tuple[Profile, tuple[VideoCodec, ...]]] = {
 }
 SUPPORTED_EXTENSIONS = tuple(_PROFILES)
 AUDIO_ONLY_EXTENSIONS = (".mka",)
+
+
+def profile_for(path: Path, video_codec: VideoCodec | None = None, *, video: bool) -> Profile:
+    """Container and codecs for ``path``'s extension; RecorderError if it cannot hold them."""
+    suffix = path.suffix.lower()
+    if suffix not in _PROFILES:
+        raise RecorderError(
+            f"unsupported recording extension {path.suffix!r} for {path}; "
+            f"use one of {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    profile, codecs = _PROFILES[suffix]
+    if video_codec is not None and video_codec not in _ENCODERS:
+        raise ValueError(f"video_codec must be one of {', '.join(_ENCODERS)}, got {video_codec!r}")
+    if video and not codecs:
+        raise RecorderError(f"{suffix} is audio-only; record video to .mkv, .mp4 or .webm")
+    if video_codec is not None and video_codec not in codecs:
+        raise RecorderError(
+            f"{suffix} cannot carry {video_codec}; use .mkv (h264 or vp8), .webm (vp8) or "
+            ".mp4 (h264)"
+        )
+    if video_codec is not None:
+        profile = dataclasses.replace(profile, video_codec=_ENCODERS[video_codec])
+    return profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,26 +142,7 @@ class Recorder:
         clock: MediaClock | None = None,
     ) -> None:
         self._path = Path(path)
-        suffix = self._path.suffix.lower()
-        if suffix not in _PROFILES:
-            raise RecorderError(
-                f"unsupported recording extension {self._path.suffix!r} for {self._path}; "
-                f"use one of {', '.join(SUPPORTED_EXTENSIONS)}"
-            )
-        profile, codecs = _PROFILES[suffix]
-        if video_codec is not None and video_codec not in _ENCODERS:
-            raise ValueError(
-                f"video_codec must be one of {', '.join(_ENCODERS)}, got {video_codec!r}"
-            )
-        if video is not None and not codecs:
-            raise RecorderError(f"{suffix} is audio-only; record video to .mkv, .mp4 or .webm")
-        if video_codec is not None and video_codec not in codecs:
-            raise RecorderError(
-                f"{suffix} cannot carry {video_codec}; use .mkv (h264 or vp8), .webm (vp8) or "
-                ".mp4 (h264)"
-            )
-        if video_codec is not None:
-            profile = dataclasses.replace(profile, video_codec=_ENCODERS[video_codec])
+        profile = profile_for(self._path, video_codec, video=video is not None)
         if video is None and audio is None:
             raise RecorderError("nothing to record: pass a video and/or an audio track")
         if video is not None and video.kind != "video":
@@ -237,20 +241,7 @@ class Recorder:
             self._tasks.append(loop.create_task(self._read("audio", self._audio)))
 
     def _open(self) -> av.container.OutputContainer:
-        # av only creates the file when the header is written; fail here instead.
-        with open(self._path, "wb"):
-            pass
-        options = {
-            "flush_packets": "1",
-            # The interleaver waits for every stream; if one stalls (a muted or ended track)
-            # it would hold the others back for its default 10 s. Cap that at one flush period.
-            "max_interleave_delta": str(FLUSH_S * 1_000_000),
-            **self._profile.options,
-        }
-        container: av.container.OutputContainer = av.open(
-            str(self._path), mode="w", format=self._profile.format, container_options=options
-        )
-        return container
+        return open_container(self._path, self._profile)
 
     async def _read(self, kind: Kind, track: MediaStreamTrack) -> None:
         try:
