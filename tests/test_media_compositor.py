@@ -587,3 +587,19 @@ async def test_pip_main_full_canvas_insets_on_top() -> None:
         assert [label for label, _ in comp.layout()] == ["a", "b"]
     for track in tracks.values():
         track.stop()
+
+
+async def test_tiles_are_labelled_with_the_participant_name_unless_disabled() -> None:
+    for labels in (True, False):
+        track = _SolidTrack(640, 480, colour(1))
+        async with Compositor(width=640, height=360, fps=30, labels=labels) as comp:
+            comp.add_track(track, label="Zoe")
+            pic = Rect(80, 0, 480, 360)
+            frame = await _output_where(comp, lambda f: pixel(planes(f), 300, 20) == colour(1))
+            got = planes(frame)
+            bright = got[0] > 200
+            band = bright[pic.bottom - 40 : pic.bottom, pic.x : pic.x + 200]
+            assert int(band.sum()) == (int(bright.sum()) if labels else 0)
+            if labels:
+                assert band.sum() > 30  # the name, bottom-left of the picture
+            track.stop()
