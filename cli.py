@@ -21,21 +21,27 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 from aiortc import MediaStreamTrack
 
 from media import (
+    LAYOUTS,
     AudioMixer,
-    FileSource,
     Compositor,
+    FileSource,
+    LayoutName,
+    MediaClock,
     MediaError,
     PatternVideoTrack,
     Recorder,
     RecordingInfo,
     ToneAudioTrack,
 )
+from media.offline import CompositeJob
+from media.recorder import VideoCodec
 from peer import (
     DEFAULT_SERVER_URL,
     LOOPBACK_ONLY,
@@ -49,6 +55,7 @@ from peer import (
     RemoteTrack,
     ServerError,
 )
+from peer.tracks import TrackPump
 from signaling_server import ServerSettings, start_server
 from signaling_server.protocol import CallInfo, CallStatus
 
@@ -140,68 +147,256 @@ async def _sources(specs: Sequence[str], label: str) -> AsyncIterator[dict[str, 
 class RecordingSummary:
     info: RecordingInfo
     fps: dict[str, float]
+    split: tuple[Path, ...] = ()
 
     def line(self) -> str:
         rates = ", ".join(f"{name} {fps:.1f} fps" for name, fps in sorted(self.fps.items()))
-        return (
+        text = (
             f"recorded {self.info.video_frames} frames ({self.info.duration_s:.1f} s) "
             f"to {self.info.path}; received: {rates or 'nothing'}"
         )
+        if self.split:
+            text += f"; {len(self.split)} per-track files in {self.split[0].parent}"
+        return text
+
+
+def _file_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("._") or "peer"
+
+
+class _Peer:
+    """A remote participant as the recording sees it: one tile, one mixer input, its tracks."""
+
+    __slots__ = ("key", "tracks")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.tracks: list[RemoteTrack] = []
 
 
 class CallRecorder:
-    """Lays every remote video out on a canvas, mixes every remote audio, records both."""
+    """Lays every remote participant out on a canvas, mixes their audio, records both.
 
-    def __init__(self, path: Path, *, size: tuple[int, int], fps: float) -> None:
-        self._compositor = Compositor(width=size[0], height=size[1], fps=fps)
-        self._mixer = AudioMixer()
+    Video and audio run on one :class:`MediaClock`, so the recorder lines them up from
+    timestamps. A participant gets a tile (a placeholder until its video arrives) from its
+    first track until all its tracks end. With ``split_dir`` every remote track is also
+    written to its own file there (``NAME-video.mkv`` / ``NAME-audio.mka``), re-encoded from
+    the decoded frames.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        size: tuple[int, int],
+        fps: float,
+        layout: LayoutName = "grid",
+        split_dir: Path | None = None,
+        video_codec: VideoCodec | None = None,
+    ) -> None:
+        clock = MediaClock()
+        self._mixer = AudioMixer(clock=clock)
+        self._compositor = Compositor(
+            width=size[0], height=size[1], fps=fps, layout=layout, clock=clock,
+            levels=self._mixer.levels,
+        )  # fmt: skip
         self._recorder = Recorder(
-            path, video=self._compositor.output, audio=self._mixer.output, fps=fps
+            path,
+            video=self._compositor.output,
+            audio=self._mixer.output,
+            fps=fps,
+            clock=clock,
+            video_codec=video_codec,
         )
-        self._feeder: asyncio.Task[None] | None = None
+        self._split_dir = split_dir
+        self._video_codec = video_codec
+        self._fps = fps
+        self._tasks: list[asyncio.Task[None]] = []
+        self._peers: dict[str, _Peer] = {}  # by peer id, while any of its tracks is live
         self._videos: list[tuple[str, RemoteTrack]] = []
+        self._pumps: list[TrackPump] = []
+        self._split: dict[MediaStreamTrack, Recorder] = {}
+        self._split_paths: list[Path] = []
+
+    @property
+    def recorder(self) -> Recorder:
+        return self._recorder
+
+    @property
+    def participants(self) -> int:
+        return len(self._peers)
 
     async def start(self, participant: Participant) -> None:
+        if self._split_dir is not None:
+            try:
+                await asyncio.to_thread(self._split_dir.mkdir, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise MediaError(f"cannot create split directory {self._split_dir}: {exc}") from exc
         await self._recorder.start()
-        self._feeder = asyncio.create_task(self._feed(participant), name="callbot-record-feed")
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._feed(participant), name="callbot-record-feed"))
+        self._tasks.append(loop.create_task(self._tidy(), name="callbot-record-tidy"))
+
+    def _key_for(self, track: RemoteTrack) -> str:
+        """Tile labels must be unique, display names need not be: add the peer id's tail."""
+        peer = self._peers.get(track.peer_id)
+        if peer is not None:
+            return peer.key
+        taken = {p.key for p in self._peers.values()}
+        for key in (track.peer_name, f"{track.peer_name} {track.peer_id[-4:]}"):
+            if key not in taken:
+                return key
+        return f"{track.peer_name} {track.peer_id}"
 
     async def _feed(self, participant: Participant) -> None:
         async for track in participant.tracks():
             try:
-                if track.kind == "video":
-                    label = self._add_video(track)
-                    self._videos.append((label, track))
-                else:
-                    self._mixer.add_track(track)
+                await self._add(track)
             except (MediaError, ValueError) as exc:  # one odd track must not stop the rest
                 logger.warning("not recording %r: %s", track, exc)
 
-    def _add_video(self, track: RemoteTrack) -> str:
-        """Tile labels must be unique, display names need not be: add the peer id's tail."""
-        taken = {label for label, t in self._videos if not t.ended}
-        for label in (track.peer_name, f"{track.peer_name} {track.peer_id[-4:]}"):
-            if label not in taken:
-                break
+    async def _add(self, track: RemoteTrack) -> None:
+        key = self._key_for(track)
+        peer = self._peers.setdefault(track.peer_id, _Peer(key))
+        peer.tracks.append(track)
+        self._compositor.add_participant(key)
+        source: MediaStreamTrack = track
+        if self._split_dir is not None:
+            pump = TrackPump(track, capacity=4 if track.kind == "video" else 25, name=key)
+            self._pumps.append(pump)
+            source = pump.subscribe()
+            await self._start_split(key, track.kind, pump.subscribe())
+        if track.kind == "video":
+            self._compositor.add_track(source, label=key)
+            self._videos.append((key, track))
         else:
-            label = f"{track.peer_name} {track.peer_id}#{len(self._videos)}"
-        self._compositor.add_track(track, label=label)
-        return label
+            self._mixer.add_track(source, label=key)
+
+    async def _start_split(self, key: str, kind: str, ring: MediaStreamTrack) -> None:
+        assert self._split_dir is not None
+        stem = _file_safe(key)
+        ext = ".mkv" if kind == "video" else ".mka"
+        path = self._split_dir / f"{stem}-{kind}{ext}"
+        n = 2
+        while path in self._split_paths:
+            path, n = self._split_dir / f"{stem}-{kind}-{n}{ext}", n + 1
+        if kind == "video":
+            rec = Recorder(path, video=ring, fps=self._fps, video_codec=self._video_codec)
+        else:
+            rec = Recorder(path, video=None, audio=ring)
+        await rec.start()
+        self._split[ring] = rec
+        self._split_paths.append(path)
+
+    async def _tidy(self) -> None:
+        """Drop participants whose tracks all ended; finalise their per-track files."""
+        while True:
+            await asyncio.sleep(0.25)
+            for peer_id, peer in list(self._peers.items()):
+                if all(t.ended for t in peer.tracks):
+                    del self._peers[peer_id]
+                    self._compositor.remove_participant(peer.key)
+            for ring, rec in list(self._split.items()):
+                if getattr(ring, "ended", False):
+                    del self._split[ring]
+                    await self._close_split(rec)
+
+    async def _close_split(self, rec: Recorder) -> None:
+        try:
+            await rec.aclose()
+        except MediaError as exc:
+            logger.warning("per-track recording %s failed: %s", rec.path, exc)
 
     async def aclose(self) -> RecordingSummary:
-        if self._feeder is not None:
-            self._feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._feeder
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             info = await self._recorder.aclose()
         finally:
             await self._compositor.aclose()
             await self._mixer.aclose()
+            for rec in self._split.values():
+                await self._close_split(rec)
+            self._split.clear()
+            for pump in self._pumps:
+                await pump.aclose()
         # Arrival rate where frames are decoded (the compositor's inputs start with a burst).
         fps: dict[str, float] = {}
         for label, track in self._videos:
             fps[label] = max(fps.get(label, 0.0), track.fps)
-        return RecordingSummary(info=info, fps=fps)
+        return RecordingSummary(info=info, fps=fps, split=tuple(self._split_paths))
+
+
+class _Progress:
+    """One live status line on a terminal; a plain log line every few seconds otherwise."""
+
+    def __init__(self, stream: Any = None, *, every_s: float = 5.0) -> None:
+        self._stream = stream if stream is not None else sys.stdout
+        self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
+        self._every = every_s
+        self._last_plain = 0.0
+        self._drawn = False
+
+    @property
+    def tty(self) -> bool:
+        return self._tty
+
+    def show(self, text: str, *, force: bool = False) -> None:
+        if self._tty:
+            self._stream.write("\r\x1b[2K" + text)
+            self._stream.flush()
+            self._drawn = True
+            return
+        now = time.monotonic()
+        if force or now - self._last_plain >= self._every:
+            self._last_plain = now
+            print(text, file=self._stream, flush=True)
+
+    def done(self) -> None:
+        if self._tty and self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = False
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover - loop always returns
+
+
+def _clock_text(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+async def _report_recording(recorder: CallRecorder, progress: _Progress) -> None:
+    """Elapsed, output fps, bitrate, size and participants, twice a second."""
+    started = time.monotonic()
+    last_t, last_frames = started, 0
+    fps = 0.0
+    while True:
+        await asyncio.sleep(0.5)
+        now = time.monotonic()
+        frames = recorder.recorder.video_frames
+        if now - last_t >= 1.0:
+            fps = (frames - last_frames) / (now - last_t)
+            last_t, last_frames = now, frames
+        try:
+            size = (await asyncio.to_thread(os.stat, recorder.recorder.path)).st_size
+        except OSError:
+            size = 0
+        elapsed = now - started
+        rate = size * 8 / elapsed / 1e6 if elapsed > 0 else 0.0
+        progress.show(
+            f"recording {_clock_text(elapsed)}  {fps:4.1f} fps  {rate:5.2f} Mb/s  "
+            f"{_human_bytes(size)}  {recorder.participants} participants  "
+            f"-> {recorder.recorder.path}"
+        )
 
 
 class _Stopper:
@@ -358,6 +553,83 @@ async def _place_call(me: Participant, targets: Sequence[str]) -> None:
     await _hang_up_when_over(call)
 
 
+async def _record(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    config = ParticipantConfig(
+        room=args.room,
+        server_url=args.server,
+        name=args.name,
+        ice_addresses=tuple(args.ice_address or LOOPBACK_ONLY),
+    )
+    recorder = CallRecorder(
+        output,
+        size=args.size,
+        fps=args.fps,
+        layout=args.layout,
+        split_dir=Path(args.split) if args.split else None,
+        video_codec=args.codec,
+    )
+    progress = _Progress()
+    async with Participant(config) as me:
+        print(f"recording room {args.room!r} as {me.peer_id} to {output}", flush=True)
+        await recorder.start(me)
+        reporter = asyncio.create_task(_report_recording(recorder, progress), name="callbot-prog")
+        try:
+            await _until_stopped(args.stopper, args.duration)
+        finally:
+            await _cancel([reporter])
+            progress.done()
+            summary = await recorder.aclose()
+            print(summary.line(), flush=True)
+    return 0
+
+
+async def _composite(args: argparse.Namespace) -> int:
+    job = await asyncio.to_thread(
+        CompositeJob,
+        args.inputs,
+        args.output,
+        layout=args.layout,
+        width=args.size[0],
+        height=args.size[1],
+        fps=args.fps,
+    )
+    progress = _Progress(every_s=2.0)
+    runner = asyncio.create_task(asyncio.to_thread(job.run), name="callbot-composite")
+    stop = asyncio.create_task(_until_stopped(args.stopper, None), name="callbot-composite-stop")
+    started = time.monotonic()
+    try:
+        while not runner.done():
+            await asyncio.wait([runner, stop], timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
+            if stop.done() and not runner.done():
+                job.cancel()  # finishes the current frame, then finalises the file
+            elapsed = time.monotonic() - started
+            done, total = job.frames_done, job.total_frames
+            speed = done / job.fps / elapsed if elapsed > 0 else 0.0
+            bar = "#" * (30 * done // total) + "-" * (30 - 30 * done // total)
+            progress.show(
+                f"[{bar}] {100 * done // total:3d}%  {done}/{total} frames  {speed:4.1f}x real time"
+            )
+    finally:
+        await _cancel([stop])
+        progress.done()
+    result = await runner
+    if result.cancelled:
+        print(
+            f"stopped: composed {result.duration_s:.1f} s of {job.duration_s:.1f} s into "
+            f"{result.path} (playable up to there)",
+            flush=True,
+        )
+        return EXIT_SIGNALLED
+    inputs = ", ".join(info.label for info in result.inputs)
+    print(
+        f"composed {len(result.inputs)} inputs ({inputs}) into {result.path}: "
+        f"{result.video_frames} frames, {result.duration_s:.1f} s",
+        flush=True,
+    )
+    return 0
+
+
 async def _calls(args: argparse.Namespace) -> int:
     url = _http_url(args.server, f"/rooms/{quote(args.room, safe='')}/calls")
     async with aiohttp.ClientSession() as session:
@@ -448,7 +720,7 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = {"compositor": "bench.compositor"}
+BENCHMARKS = {"compositor": "bench.compositor", "record": "bench.record"}
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -472,6 +744,19 @@ def _add_server_flag(parser: argparse.ArgumentParser) -> None:
         default=_env("SERVER", DEFAULT_SERVER_URL),
         help=f"relay WebSocket URL (default {DEFAULT_SERVER_URL}; CALLBOT_SERVER)",
     )
+
+
+def _add_layout_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--layout", choices=LAYOUTS, default="grid",
+        help="grid: everyone equal; speaker: the active speaker large over a filmstrip; pip: "
+        "the active speaker full-frame, the others as insets (default grid)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--size", type=_size, default=(1280, 720), metavar="WxH",
+        help="canvas size (default 1280x720)",
+    )  # fmt: skip
+    parser.add_argument("--fps", type=_fps, default=30.0, help="frame rate (default 30, max 120)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -595,6 +880,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to do when rung: accept, decline, or let it ring",
     )
     join.set_defaults(func=_join)
+
+    record = sub.add_parser(
+        "record",
+        help="record a room to a crash-safe file",
+        description="Join ROOM as a silent participant and record everyone in it: their videos "
+        "laid out on one canvas, their audio mixed (48 kHz stereo), into FILE (.mkv or .mp4 "
+        "H.264, .webm VP8; a crash loses at most the last ~2 s). Stops after --duration or on "
+        "Ctrl-C/SIGTERM, finalising the file. Shows live progress on a terminal.",
+    )
+    record.add_argument("room", help="room to record")
+    record.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
+    _add_server_flag(record)
+    record.add_argument("--name", default="recorder", help="display name (default recorder)")
+    _add_layout_flags(record)
+    record.add_argument(
+        "--duration", type=_positive, metavar="SECONDS",
+        help="stop after this long (default: until Ctrl-C/SIGTERM)",
+    )  # fmt: skip
+    record.add_argument(
+        "--split", metavar="DIR",
+        help="also write every participant's track to its own file in DIR "
+        "(NAME-video.mkv, NAME-audio.mka)",
+    )  # fmt: skip
+    record.add_argument(
+        "--codec", choices=["h264", "vp8"],
+        help="video codec (default: h264 for .mkv/.mp4 and per-track files, vp8 for .webm; "
+        ".mp4 carries only h264, .webm only vp8)",
+    )  # fmt: skip
+    record.add_argument(
+        "--ice-address", action="append", metavar="IP",
+        help="local address ICE may offer; repeatable (default 127.0.0.1 only)",
+    )  # fmt: skip
+    record.set_defaults(func=_record)
+
+    composite = sub.add_parser(
+        "composite",
+        help="compose existing recordings into one file",
+        description="Lay the videos of INPUT files out on one canvas (the same compositor and "
+        "layouts as live recording), mix their audio, and write OUTPUT as fast as possible, "
+        "with a progress bar. Inputs start together at 0 s.",
+    )
+    composite.add_argument("inputs", nargs="+", metavar="INPUT", help="media files to compose")
+    composite.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="file to write")
+    _add_layout_flags(composite)
+    composite.set_defaults(func=_composite)
 
     demo = sub.add_parser(
         "demo",

@@ -5,7 +5,7 @@ nothing about peers or signaling. Objects that run tasks or threads are async co
 with an idempotent ``aclose()``.
 """
 
-from .canvas import Canvas, Tile
+from .canvas import Canvas, Tile, placeholder_yuv
 from .clock import MediaClock
 from .compositor import LAYOUTS, Compositor, InputStats, LayoutName
 from .errors import ClosedError, MediaError, RecorderError, SourceError
@@ -42,6 +42,7 @@ __all__ = [
     "ToneAudioTrack",
     "fit",
     "grid",
+    "placeholder_yuv",
     "read_stamp",
     "stamp_luma",
 ]
