@@ -15,9 +15,10 @@ depending on their phase against the output). With a shared :class:`~media.clock
 the output pts are media time since the clock's epoch *minus that mean latency*, so a sound's
 pts is within about half an input frame (+-10 ms at 20 ms frames) of when it reached the
 mixer, and lines up with video stamped on the same clock. Jitter that grows a FIFO adds
-latency; a FIFO whose low point stayed more than a frame above the priming level for a whole
-``_TRIM_WINDOW_FRAMES`` of output is cut back to it (one audible skip instead of lasting A/V
-drift after a stall). Delay before the mixer (network, jitter buffer, decode) is not seen.
+latency on top (up to ``MAX_BUFFER_MS``); a FIFO whose low point stayed more than a frame
+above the priming level for a whole ``_TRIM_WINDOW_MS`` of output is cut back to it, so such
+an error lasts at most about two windows (one audible skip instead of lasting A/V drift after
+a stall). Delay before the mixer (network, jitter buffer, decode) is not seen.
 
 Levels. Each input's level is the RMS of the audio it contributed to the last
 ``LEVEL_WINDOW_MS`` of mix, in dBFS relative to a full-scale square wave (a full-scale sine
@@ -25,9 +26,11 @@ reads -3 dBFS), floored at ``LEVEL_FLOOR_DB`` for silence. Levels advance as the
 read; nobody reading the output means frozen levels.
 
 CPU. Resampling, mixing, limiting and level metering happen on the event loop on purpose:
-measured at 4 stereo 48 kHz inputs, one 20 ms output frame costs ~95 us in total (4 x ~15 us
-resample-and-buffer as frames arrive, ~35 us mix + limiter + levels + frame build), far less
-than a thread hop; the float mix and limiter add ~20 us over v0's int16 sum with clipping.
+at 4 stereo 48 kHz s16 inputs one 20 ms output frame costs ~85-95 us in all (inputs
+converted as they arrive ~40 us, mix + limiter + levels + frame build ~45 us; measured on a
+quiet moment of a 2-core VM, 2x that under heavy steal), under 0.5% of a core and far less
+than a thread hop. That is ~1.4x v0's int16 sum with clipping in the same run (~1.6x while the
+limiter is reducing gain): float conversion and the limiter's peak scan are the extra.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ LEVEL_FLOOR_DB = -100.0
 
 _RELEASE_MS = 150.0  # limiter release time constant: gain recovers by 1/e of its dB per 150 ms
 _UNITY_SNAP_DB = 0.01  # a reduction this small is dropped, so unity gain is exact again
-_TRIM_WINDOW_FRAMES = 50  # output frames over which a FIFO's low point is watched (1 s at 20 ms)
+_TRIM_WINDOW_MS = 1000  # output span over which a FIFO's low point is watched
 _S16_SCALE = 32768.0  # FFmpeg's s16 <-> float scale: s16 round-trips exactly through float32
 
 _Samples = npt.NDArray[np.float32]
@@ -85,7 +88,6 @@ class _Input:
         "chunks",
         "dropped_samples",
         "energies",
-        "energy_sum",
         "fifo_low",
         "frames",
         "in_format",
@@ -112,7 +114,6 @@ class _Input:
         self.pulls = 0
         # Energy (sum of squares, mean over channels) this input gave each recent output frame.
         self.energies: deque[float] = deque(maxlen=level_frames)
-        self.energy_sum = 0.0
 
     def push(self, samples: _Samples, limit: int) -> None:
         self.chunks.append(samples)
@@ -134,7 +135,7 @@ class _Input:
             self.buffered -= taken
             self.dropped_samples += taken
 
-    def pull_into(self, out: _Samples, prime: int, trim_above: int) -> None:
+    def pull_into(self, out: _Samples, prime: int, trim_above: int, trim_window: int) -> None:
         """Add up to ``len(out)`` samples to ``out``; wait for ``prime`` samples after a gap.
 
         Priming gives a little jitter headroom so an input ticking at the same rate as the
@@ -145,7 +146,7 @@ class _Input:
         if not self.primed and self.buffered >= prime:
             self.primed = True
         if self.primed:
-            self._watch_latency(prime, trim_above)
+            self._watch_latency(prime, trim_above, trim_window)
             need = len(out)
             pos = 0
             while pos < need and self.chunks:
@@ -164,15 +165,12 @@ class _Input:
             if pos < need:
                 self.primed = False
                 self.fifo_low, self.pulls = math.inf, 0
-        if len(self.energies) == self.energies.maxlen:
-            self.energy_sum -= self.energies[0]
         self.energies.append(energy)
-        self.energy_sum += energy
 
-    def _watch_latency(self, prime: int, trim_above: int) -> None:
+    def _watch_latency(self, prime: int, trim_above: int, trim_window: int) -> None:
         self.fifo_low = min(self.fifo_low, self.buffered)
         self.pulls += 1
-        if self.pulls < _TRIM_WINDOW_FRAMES:
+        if self.pulls < trim_window:
             return
         if self.fifo_low > trim_above:
             excess = int(self.fifo_low) - prime
@@ -181,9 +179,10 @@ class _Input:
         self.fifo_low, self.pulls = math.inf, 0
 
     def level(self, frame_samples: int) -> float:
+        """RMS in dBFS over the frames mixed so far in the window (all of it once full)."""
         if not self.energies:
             return LEVEL_FLOOR_DB
-        mean_square = max(self.energy_sum, 0.0) / (len(self.energies) * frame_samples)
+        mean_square = sum(self.energies) / (len(self.energies) * frame_samples)
         if mean_square <= 10 ** (LEVEL_FLOOR_DB / 10):
             return LEVEL_FLOOR_DB
         return 10 * math.log10(mean_square)
@@ -281,6 +280,7 @@ class AudioMixer:
         self._limit = sample_rate * MAX_BUFFER_MS // 1000
         self._prime = min(self._limit, 2 * self._samples)
         self._trim_above = self._prime + self._samples
+        self._trim_window = max(1, round(_TRIM_WINDOW_MS / frame_ms))
         self._level_frames = max(1, round(LEVEL_WINDOW_MS / frame_ms))
         # Mean age of the audio mixed at a slot: the priming level less half an input frame.
         self._latency = 0 if clock is None else self._prime - self._samples // 2
@@ -422,7 +422,7 @@ class AudioMixer:
         """Mix, limit and package output slot ``slot`` (all synchronous, on the loop)."""
         mix = np.zeros((self._samples, self._channels), dtype=np.float32)
         for inp in self._inputs.values():
-            inp.pull_into(mix, self._prime, self._trim_above)
+            inp.pull_into(mix, self._prime, self._trim_above, self._trim_window)
         self._limiter.process(mix)
         mix *= _S16_SCALE
         np.rint(mix, out=mix)
