@@ -16,16 +16,20 @@ class Pacer:
     becomes a gap in timestamps instead of a burst of stale frames that never catches up.
 
     Without a clock, slots count from the first call (slot 0). With a :class:`MediaClock`,
-    slot ``n`` is due at ``clock.epoch + n / rate``: the first slot handed out is the next
-    one due, so several pacers sharing a clock produce timestamps on one timeline.
+    slot ``n`` is due at ``clock.epoch + (n + phase) / rate``: the first slot handed out is the
+    next one due, so several pacers sharing a clock produce timestamps on one timeline. A
+    consumer that samples other tracks paced on the same clock uses ``phase=0.5`` to wake
+    half a slot after them, so it never races the frame it should pick up.
     """
 
-    def __init__(self, rate: float, clock: MediaClock | None = None) -> None:
+    def __init__(self, rate: float, clock: MediaClock | None = None, *, phase: float = 0.0) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be positive, got {rate}")
+        if not 0.0 <= phase < 1.0:
+            raise ValueError(f"phase must be in [0, 1), got {phase}")
         self._rate = rate
         self._clock = clock
-        self._start: float | None = None if clock is None else clock.epoch
+        self._start: float | None = None if clock is None else clock.epoch + phase / rate
         self._slot = -1
 
     @property

@@ -162,7 +162,10 @@ class Compositor:
         self._participants: dict[str, _Participant] = {}
         self._readers = OwnedTasks("compositor input reader")
         self._closed = False
-        self._pacer = Pacer(self._fps, clock)
+        # Compose half a frame after each slot and stamp the slot: the newest input frame is
+        # on average half an (input) frame old, so pts match the content's capture time, and
+        # sources paced on the same clock are never raced (see test_media_av_sync).
+        self._pacer = Pacer(self._fps, clock, phase=0.5 if clock is not None else 0.0)
         self._compose_lock = asyncio.Lock()
         self._canvas = Canvas(width=width, height=height)
         self._output = _CompositeTrack(self)
@@ -227,6 +230,8 @@ class Compositor:
         part = self._participants.pop(label, None)
         if part is not None and part.task is not None:
             part.task.cancel()
+        if part is not None:
+            self._canvas.forget(label)  # a dict pop: safe beside a composing worker
 
     def add_track(self, track: MediaStreamTrack, *, label: str) -> None:
         """Read ``track`` as participant ``label``'s video (adding the participant if new)."""
@@ -297,7 +302,7 @@ class Compositor:
         part.latest = None
         if part.implicit and self._participants.get(part.label) is part:
             del self._participants[part.label]
-            self._canvas.forget(part.label)  # a dict pop: safe beside a composing worker
+            self._canvas.forget(part.label)
 
     async def _read(self, part: _Participant, track: MediaStreamTrack) -> None:
         try:
@@ -328,7 +333,9 @@ class Compositor:
             return scene_layout(keys, layout, self._width, self._height)
         if layout == "grid":
             return grid_layout(keys, self._width, self._height)
-        if self._levels is not None and self._pinned is None:
+        if self._levels is not None and (
+            self._pinned is None or self._pinned not in self._participants
+        ):
             self._selector.update(
                 {k: v for k, v in self._levels().items() if k in self._participants},
                 time.monotonic(),

@@ -47,6 +47,8 @@ import numpy.typing as npt
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from . import _limiter
+from ._limiter import CEILING_DBFS, Limiter
 from ._pacing import Pacer
 from ._tasks import OwnedTasks
 from .clock import MediaClock
@@ -59,17 +61,12 @@ logger = logging.getLogger(__name__)
 MAX_BUFFER_MS = 200
 """Audio buffered per input at most; older samples are dropped when a consumer lags."""
 
-CEILING_DBFS = -0.1
-"""The limiter keeps every output sample at or below this peak level."""
-
 LEVEL_WINDOW_MS = 150
 """Span of recent mix over which each input's level (RMS) is measured."""
 
-LEVEL_FLOOR_DB = -100.0
+LEVEL_FLOOR_DB = _limiter.LEVEL_FLOOR_DB
 """The level reported for silence (and for an input that has not been mixed yet)."""
 
-_RELEASE_MS = 150.0  # limiter release time constant: gain recovers by 1/e of its dB per 150 ms
-_UNITY_SNAP_DB = 0.01  # a reduction this small is dropped, so unity gain is exact again
 _TRIM_WINDOW_MS = 1000  # output span over which a FIFO's low point is watched
 _S16_SCALE = 32768.0  # FFmpeg's s16 <-> float scale: s16 round-trips exactly through float32
 
@@ -188,56 +185,6 @@ class _Input:
         return 10 * math.log10(mean_square)
 
 
-class _Limiter:
-    """Peak limiter with linked channels: instant attack, exponential release in dB.
-
-    Works per output frame, whose samples are all known before any is released, so the
-    attack ramps from the previous gain down to the new one and reaches it just before the
-    first sample that needs it: no sample ever exceeds the ceiling, and the gain only steps
-    when that first sample opens the frame. Release ramps up across the frame to a target
-    that the frame's peak allows, so it cannot overshoot either.
-    """
-
-    __slots__ = ("_ceiling", "_decay", "_gain", "_gain_db", "_steps")
-
-    def __init__(self, frame_ms: float, frame_samples: int) -> None:
-        self._ceiling = 10 ** (CEILING_DBFS / 20)
-        self._decay = math.exp(-frame_ms / _RELEASE_MS)
-        self._gain = 1.0
-        self._gain_db = 0.0
-        self._steps = np.arange(frame_samples, dtype=np.float32)
-
-    @property
-    def reduction_db(self) -> float:
-        return -self._gain_db + 0.0  # + 0.0: no "-0.0" at unity
-
-    def process(self, mix: _Samples) -> None:
-        """Scale ``mix`` (frames x channels, full scale 1.0) in place."""
-        peak = max(float(mix.max()), -float(mix.min()))
-        gain_db = self._gain_db * self._decay  # released towards unity
-        if gain_db > -_UNITY_SNAP_DB:
-            gain_db = 0.0
-        if peak > self._ceiling:
-            gain_db = min(gain_db, 20 * math.log10(self._ceiling / peak))
-        new = 10 ** (gain_db / 20)
-        old = self._gain
-        self._gain, self._gain_db = new, gain_db
-        if new == old:
-            if new != 1.0:
-                mix *= np.float32(new)
-            return  # at unity: untouched, bit-exact
-        n = len(mix)
-        if new > old:  # release: every gain on the ramp is below new, so safe
-            ramp_len = n
-        else:  # attack: down to the new gain by the first sample the old one pushes over
-            over = np.abs(mix.reshape(-1)) * old > self._ceiling
-            ramp_len = int(over.argmax()) // mix.shape[1]
-        gains = np.full(n, new, dtype=np.float32)
-        if ramp_len:
-            gains[:ramp_len] = self._steps[:ramp_len] * np.float32((new - old) / ramp_len) + old
-        mix *= gains[:, None]
-
-
 class _MixTrack(MediaStreamTrack):
     kind = "audio"
 
@@ -288,7 +235,7 @@ class AudioMixer:
         self._inputs: dict[MediaStreamTrack, _Input] = {}
         self._readers = OwnedTasks("mixer input reader")
         self._pacer = Pacer(1000 / frame_ms, clock)
-        self._limiter = _Limiter(frame_ms, self._samples)
+        self._limiter = Limiter(frame_ms, self._samples)
         self._closed = False
         self._output = _MixTrack(self)
 

@@ -26,7 +26,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from ._limiter import Limiter, level_dbfs
+from ._limiter import LEVEL_FLOOR_DB, Limiter, level_dbfs
 from .canvas import Canvas, Tile
 from .compositor import LAYOUTS, LayoutName
 from .errors import MediaError
@@ -40,7 +40,6 @@ _RATE = 48000
 _CHUNK = 960  # 20 ms of audio per mixing step
 _VIDEO_TB = fractions.Fraction(1, 90000)
 _AUDIO_TB = fractions.Fraction(1, _RATE)
-_LEVEL_FLOOR_DB = -100.0
 
 
 class CompositeError(MediaError):
@@ -151,7 +150,7 @@ class _AudioInput:
         self._buf = np.zeros((0, 2), dtype=np.float32)
         self._written = 0  # samples handed out so far
         self.done = False
-        self.level_db = _LEVEL_FLOOR_DB
+        self.level_db = LEVEL_FLOOR_DB
 
     def _fill(self, need: int) -> None:
         while len(self._buf) < need and not self.done:
@@ -310,7 +309,7 @@ class CompositeJob:
                 astream = added
             out.start_encoding()
             fifo = av.AudioFifo()
-            limiter = Limiter(channels=2)
+            limiter = Limiter(_CHUNK * 1000 / _RATE, _CHUNK)
             selector = SpeakerSelector()
             keys = [info.label for info in self.inputs]
             audio_done = 0
@@ -324,9 +323,9 @@ class CompositeJob:
                     mix = np.zeros((_CHUNK, 2), dtype=np.float32)
                     for source in audios.values():
                         mix += source.pull(_CHUNK)
-                    limited = limiter.process(mix)
+                    limiter.process(mix)
                     aframe = av.AudioFrame.from_ndarray(
-                        np.ascontiguousarray(limited).reshape(1, -1), format="flt", layout="stereo"
+                        mix.reshape(1, -1), format="flt", layout="stereo"
                     )
                     aframe.sample_rate = _RATE
                     aframe.pts = audio_done

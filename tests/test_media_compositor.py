@@ -603,3 +603,28 @@ async def test_tiles_are_labelled_with_the_participant_name_unless_disabled() ->
             if labels:
                 assert band.sum() > 30  # the name, bottom-left of the picture
             track.stop()
+
+
+async def test_pin_on_departed_participant_does_not_freeze_detection() -> None:
+    levels = {"a": -70.0, "b": -70.0}
+    async with Compositor(
+        width=320, height=180, layout="speaker", levels=lambda: levels,
+        speaker=SpeakerSelector(hold_s=0.0),
+    ) as comp:  # fmt: skip
+        comp.add_participant("a")
+        comp.add_participant("b")
+        comp.add_participant("gone")
+        comp.set_speaker("gone")
+        comp.remove_participant("gone")  # the pinned participant hangs up
+        levels["b"] = -10.0
+        comp.layout()  # a composition samples the levels
+        assert comp.speaker == "b"  # detection took over from the absent pin
+
+
+async def test_departed_participants_leave_no_canvas_state() -> None:
+    async with Compositor(width=1280, height=720) as comp:
+        for i in range(20):
+            comp.add_participant(f"guest-{i}")
+            await comp.snapshot()  # paints (and caches) a full-canvas placeholder
+            comp.remove_participant(f"guest-{i}")
+        assert comp._canvas._keys == {}  # no per-participant cache outlives its participant

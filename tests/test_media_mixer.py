@@ -20,8 +20,9 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from media import AudioMixer, ClosedError, PatternVideoTrack, ToneAudioTrack, _pacing
+from media._limiter import Limiter
 from media.clock import MediaClock
-from media.mixer import CEILING_DBFS, LEVEL_FLOOR_DB, MAX_BUFFER_MS, _Limiter
+from media.mixer import CEILING_DBFS, LEVEL_FLOOR_DB, MAX_BUFFER_MS
 
 from .test_media_pacing import assert_paced
 
@@ -263,7 +264,7 @@ async def test_sum_never_wraps_and_recovers_exactly() -> None:
 def test_limiter_never_lets_a_sample_past_the_ceiling() -> None:
     """Random bursts, jumps and quiet spells: no sample over, and unity is exact again after."""
     rng = np.random.default_rng(7)
-    limiter = _Limiter(20, 960)
+    limiter = Limiter(20, 960)
     ceiling = 10 ** (CEILING_DBFS / 20)
     for index in range(400):
         scale = float(rng.choice([0.05, 0.5, 0.9, 1.5, 4.0, 20.0]))
