@@ -593,6 +593,7 @@ async def _composite(args: argparse.Namespace) -> int:
         width=args.size[0],
         height=args.size[1],
         fps=args.fps,
+        video_codec=args.codec,
     )
     progress = _Progress(every_s=2.0)
     runner = asyncio.create_task(asyncio.to_thread(job.run), name="callbot-composite")
@@ -744,6 +745,14 @@ def _add_server_flag(parser: argparse.ArgumentParser) -> None:
         default=_env("SERVER", DEFAULT_SERVER_URL),
         help=f"relay WebSocket URL (default {DEFAULT_SERVER_URL}; CALLBOT_SERVER)",
     )
+
+
+def _add_codec_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--codec", choices=["h264", "vp8"],
+        help="video codec (default: h264 for .mkv/.mp4, vp8 for .webm; .mkv takes either, "
+        ".mp4 only h264, .webm only vp8)",
+    )  # fmt: skip
 
 
 def _add_layout_flags(parser: argparse.ArgumentParser) -> None:
@@ -903,11 +912,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write every participant's track to its own file in DIR "
         "(NAME-video.mkv, NAME-audio.mka)",
     )  # fmt: skip
-    record.add_argument(
-        "--codec", choices=["h264", "vp8"],
-        help="video codec (default: h264 for .mkv/.mp4 and per-track files, vp8 for .webm; "
-        ".mp4 carries only h264, .webm only vp8)",
-    )  # fmt: skip
+    _add_codec_flag(record)
     record.add_argument(
         "--ice-address", action="append", metavar="IP",
         help="local address ICE may offer; repeatable (default 127.0.0.1 only)",
@@ -924,6 +929,7 @@ def build_parser() -> argparse.ArgumentParser:
     composite.add_argument("inputs", nargs="+", metavar="INPUT", help="media files to compose")
     composite.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="file to write")
     _add_layout_flags(composite)
+    _add_codec_flag(composite)
     composite.set_defaults(func=_composite)
 
     demo = sub.add_parser(

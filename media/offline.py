@@ -27,11 +27,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ._limiter import LEVEL_FLOOR_DB, Limiter, level_dbfs
+from ._writer import open_container
 from .canvas import Canvas, Tile
 from .compositor import LAYOUTS, LayoutName
-from .errors import MediaError
+from .errors import MediaError, RecorderError
 from .layout import Placement, Scene, grid_layout, pip_layout, scene_layout, speaker_layout
-from .recorder import _PROFILES, AUDIO_ONLY_EXTENSIONS, SUPPORTED_EXTENSIONS
+from .recorder import VideoCodec, profile_for
 from .speaker import SpeakerSelector
 
 __all__ = ["CompositeError", "CompositeJob", "CompositeResult", "InputInfo"]
@@ -199,6 +200,7 @@ class CompositeJob:
         height: int = 720,
         fps: float = 30.0,
         labels: bool = True,
+        video_codec: VideoCodec | None = None,
     ) -> None:
         if not inputs:
             raise CompositeError("no inputs to compose")
@@ -207,13 +209,10 @@ class CompositeJob:
         if not 0 < fps <= 120:
             raise ValueError(f"fps must be in (0, 120], got {fps}")
         self._output = Path(output)
-        entry = _PROFILES.get(self._output.suffix.lower())
-        self._profile = entry[0] if entry is not None and entry[1] else None
-        if self._profile is None:
-            raise CompositeError(
-                f"{self._output}: cannot write a video file with this extension; use one of "
-                f"{', '.join(e for e in SUPPORTED_EXTENSIONS if e not in AUDIO_ONLY_EXTENSIONS)}"
-            )
+        try:
+            self._profile = profile_for(self._output, video_codec, video=True)
+        except RecorderError as exc:
+            raise CompositeError(str(exc)) from None
         paths = [Path(p) for p in inputs]
         if any(p.resolve() == self._output.resolve() for p in paths):
             raise CompositeError(f"{self._output}: the output is also an input")
@@ -267,24 +266,15 @@ class CompositeJob:
                 source.close()
 
     def _open_output(self) -> av.container.OutputContainer:
-        profile = self._profile
-        assert profile is not None
         try:
-            container: av.container.OutputContainer = av.open(
-                str(self._output),
-                mode="w",
-                format=profile.format,
-                container_options=dict(profile.options),
-            )
+            return open_container(self._output, self._profile)
         except (av.FFmpegError, OSError) as exc:
             raise CompositeError(f"{self._output}: cannot be written ({exc})") from exc
-        return container
 
     def _run(
         self, videos: dict[str, _VideoInput], audios: dict[str, _AudioInput]
     ) -> CompositeResult:
         profile = self._profile
-        assert profile is not None
         out = self._open_output()
         try:
             vstream = out.add_stream(
