@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 
 from media import AudioMixer, Compositor, PatternVideoTrack, ToneAudioTrack, fit, read_stamp
-from peer import Participant
+from peer import Participant, RemoteTrack
 from signaling_server import RunningServer
 
 from .test_call import config
@@ -20,8 +20,8 @@ async def test_a_bot_republishes_its_composite_and_mix(relay: RunningServer) -> 
         Compositor(width=640, height=240, fps=15) as compositor,
         AudioMixer() as mixer,
     ):
-        for i, (video, tone) in enumerate(zip(sources, tones, strict=True)):
-            compositor.add_track(video, label=f"s{i}")
+        for i, (source, tone) in enumerate(zip(sources, tones, strict=True)):
+            compositor.add_track(source, label=f"s{i}")
             mixer.add_track(tone, label=f"s{i}")
         async with (
             Participant(
@@ -30,7 +30,7 @@ async def test_a_bot_republishes_its_composite_and_mix(relay: RunningServer) -> 
             Participant(config(relay, "viewer")) as viewer,
         ):
             await viewer.wait_connected(1)
-            tracks = {}
+            tracks: dict[str, RemoteTrack] = {}
             async with asyncio.timeout(30):
                 async for track in viewer.tracks():
                     tracks[track.kind] = track
@@ -51,18 +51,18 @@ async def test_a_bot_republishes_its_composite_and_mix(relay: RunningServer) -> 
                             seen[i].append(stamp.frame_number)
             assert all(s == sorted(s) and s[-1] > s[0] for s in seen), seen
             # The mix arrives too, with both tones in it.
-            chunks = []
+            chunks: list[np.ndarray] = []
             async with asyncio.timeout(60):
                 while sum(len(c) for c in chunks) < 48000:
-                    frame = await audio.recv()
-                    data = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
+                    sound = await audio.recv()
+                    data = sound.to_ndarray().reshape(-1, len(sound.layout.channels))
                     chunks.append(data[:, 0].astype(np.float64))
             mono = np.concatenate(chunks)[-32768:]
             spectrum = np.abs(np.fft.rfft(mono * np.hanning(len(mono))))
-            freqs = np.fft.rfftfreq(len(mono), 1 / frame.sample_rate)
-            for tone in (440, 880):
-                band = spectrum[(freqs > tone - 20) & (freqs < tone + 20)].max()
-                assert band > 20 * np.median(spectrum), tone
+            freqs = np.fft.rfftfreq(len(mono), 1 / sound.sample_rate)
+            for hz in (440, 880):
+                band = spectrum[(freqs > hz - 20) & (freqs < hz + 20)].max()
+                assert band > 20 * np.median(spectrum), hz
             assert studio.peer_id != viewer.peer_id
-    for track in (*sources, *tones):
-        track.stop()
+    for local in (*sources, *tones):
+        local.stop()
