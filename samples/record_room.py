@@ -1,7 +1,9 @@
 """Join a room on a running relay as a silent recorder and record everyone else.
 
-The Python version of ``callbot join ROOM --source none --record FILE``: every remote video is laid
-out on a grid canvas, every remote audio mixed, and both written to a crash-safe file.
+The Python version of ``callbot record ROOM -o FILE --layout speaker``: every remote video is
+laid out with the active speaker large (chosen from the mixer's levels), every remote audio
+mixed, and both written to a crash-safe file. One ``MediaClock`` stamps the canvas and the mix,
+so the recorder keeps them in sync from their timestamps.
 
 Usage: python samples/record_room.py SERVER_URL ROOM OUTPUT.mkv [SECONDS]
   e.g. python samples/record_room.py ws://127.0.0.1:8080/ws room1 room1.mkv 10
@@ -13,26 +15,29 @@ import asyncio
 import contextlib
 import sys
 
-from media import AudioMixer, Compositor, Recorder
+from media import AudioMixer, Compositor, MediaClock, Recorder
 from peer import Participant, ParticipantConfig
 
 
 async def main(server_url: str, room: str, output: str, seconds: float) -> None:
     config = ParticipantConfig(room=room, server_url=server_url, name="recorder")
+    clock = MediaClock()
     async with (
         Participant(config) as me,
-        Compositor(width=1280, height=720) as canvas,
-        AudioMixer() as mixer,
+        AudioMixer(clock=clock) as mixer,
+        Compositor(layout="speaker", levels=mixer.levels, clock=clock) as canvas,
     ):
-        recorder = Recorder(output, video=canvas.output, audio=mixer.output)
+        recorder = Recorder(output, video=canvas.output, audio=mixer.output, clock=clock)
         await recorder.start()
 
         async def feed() -> None:
             async for track in me.tracks():
+                # One label per participant: its tile and its level in the mix share it.
+                label = f"{track.peer_name} {track.peer_id[-4:]}"
                 if track.kind == "video":
-                    canvas.add_track(track, label=track.peer_name)
+                    canvas.add_track(track, label=label)
                 else:
-                    mixer.add_track(track)
+                    mixer.add_track(track, label=label)
 
         feeder = asyncio.create_task(feed())
         await asyncio.sleep(seconds)
