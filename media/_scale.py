@@ -19,15 +19,16 @@ The FIR is designed per remaining factor so that the whole chain approximates a 
 (B=0, C=0.6) stretched by the scale factor, the antialiased filter FFmpeg's swscale applies by
 default: a least-squares fit of the chain's 1-D impulse responses to that kernel's, weighted by
 an image model (AR(1) content, rho 0.9, plus white detail), with unit DC gain so flat colours
-stay exact. It undoes the blur steps' passband droop and the linear step's aliasing. Luma PSNR
-against swscale on decoded video: ~47 dB at 640x480 -> 240x180, ~52 dB at 320x240 and
-480x360 (``INTER_AREA``: 43/42/45 dB, ``INTER_LINEAR``: 35/43/46 dB).
+stay exact. It undoes the blur steps' passband droop and the linear step's aliasing. Luma
+PSNR of the benchmark's whole 1280x720 canvas against FFmpeg's graph (16 / 9 / 4 tiles of
+640x480, i.e. 2.67x / 2x / 1.33x): 46.9 / 52.6 / 51.6 dB; ``INTER_AREA`` gives 44.1 / 43.2 /
+46.5 and ``INTER_LINEAR`` 34.8 / 43.2 / 45.8.
 
 Enlarging (and an enlarged axis of a mixed resize) is plain ``INTER_CUBIC``: nothing aliases.
 Scratch planes live in a per-thread cache keyed by shape, so callers on several threads (several
-canvases) never share one. OpenCV's thread pool is left as configured: its per-call hand-off
-costs more than it saves at these sizes, but the setting is process-global, so the benchmark,
-not this module, measures it.
+canvases) never share one. OpenCV's thread pool is left as configured: 1 vs 2 threads made no
+consistent difference at these sizes (``callbot bench compositor --cv2-threads``), and the
+setting is process-global, so this module never touches it.
 """
 
 from __future__ import annotations
