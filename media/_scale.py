@@ -27,7 +27,7 @@ PSNR of the benchmark's whole 1280x720 canvas against FFmpeg's graph (16 / 9 / 4
 Enlarging (and an enlarged axis of a mixed resize) is plain ``INTER_CUBIC``: nothing aliases.
 Scratch planes live in a per-thread cache keyed by shape, so callers on several threads (several
 canvases) never share one. OpenCV's thread pool is left as configured: 1 vs 2 threads made no
-consistent difference at these sizes (``callbot bench compositor --cv2-threads``), and the
+consistent difference at these sizes (``python -m bench.compositor --cv2-threads``), and the
 setting is process-global, so this module never touches it.
 """
 
