@@ -247,7 +247,19 @@ def test_bench_prints_ratios_as_json() -> None:
                          capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert result["compose_ratio"] > 0 and result["pattern_ratio"] > 0
+    # Speed is the benchmark's business; here: it ran both sides and compared their pictures.
+    assert result["ratio_16"] > 0 and result["psnr_db_16"] > 40
+    assert isinstance(result["target_met"], bool)
+
+
+def test_bench_record_prints_real_time_factors_as_json() -> None:
+    out = subprocess.run([*CALLBOT, "bench", "record", "--json", "--frames", "10"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for codec in ("h264", "vp8"):
+        assert result[f"{codec}_fps"] > 0 and result[f"{codec}_reference_fps"] > 0
+        assert result[f"{codec}_realtime_x"] == pytest.approx(result[f"{codec}_fps"] / 30)
 
 
 async def test_join_recording_survives_sigterm_and_sigkill(tmp_path: Path) -> None:
