@@ -9,8 +9,10 @@ directly. One canvas must not be used from two threads at once.
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import av
@@ -74,11 +76,19 @@ class Canvas:
 
     When the layout is unchanged and a tile shows the same frame object as last time, its
     cell is copied from the previous output instead of being scaled again (a 15 fps input on
-    a 30 fps canvas costs half).
+    a 30 fps canvas costs half). With ``threads`` > 1 (default: 2 on a multi-core machine)
+    tiles whose cells do not overlap are painted on two threads; :meth:`close` stops the
+    extra thread.
     """
 
-    def __init__(self, *, width: int, height: int) -> None:
+    def __init__(self, *, width: int, height: int, threads: int | None = None) -> None:
         _yuv.check_size(width, height)
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self._threads = threads if threads is not None else min(2, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
+        self._disjoint_for: tuple[Rect, ...] | None = None
+        self._disjoint = False
         self._width = width
         self._height = height
         self._keys: dict[str, _KeyState] = {}
@@ -116,9 +126,66 @@ class Canvas:
         )
         prev, prev_sig = self._prev, self._prev_sig
         same_layout = prev_sig is not None and [s[:2] for s in sig] == [s[:2] for s in prev_sig]
-        for i, tile in enumerate(tiles):
-            if same_layout and prev is not None and prev_sig is not None and prev_sig[i] == sig[i]:
-                _copy_cell(_yuv.views(prev, w, h), planes, tile.rect)
+        prev_planes = _yuv.views(prev, w, h) if same_layout and prev is not None else None
+        jobs = [
+            (tile, prev_planes is not None and prev_sig is not None and prev_sig[i] == sig[i])
+            for i, tile in enumerate(tiles)
+        ]
+        pool = self._pool_for(rects)
+        if pool is None:
+            self._paint_all(jobs, planes, prev_planes)
+        else:
+            # Cells do not overlap, so tiles can paint in any order: half on a pool thread,
+            # half here. OpenCV releases the GIL while it resizes.
+            other = pool.submit(self._paint_all, jobs[1::2], planes, prev_planes)
+            self._paint_all(jobs[0::2], planes, prev_planes)
+            other.result()
+        self._prev = buf
+        self._prev_sig = sig
+        self._prev_tiles = list(tiles)  # keeps the frames alive, so their ids stay unique
+        return _yuv.to_frame(buf, w, h)
+
+    def close(self) -> None:
+        """Stop the tile thread (blocking: it joins it); the canvas still works, on one thread."""
+        pool, self._pool = self._pool, None
+        self._threads = 1
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> Canvas:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- painting ------------------------------------------------------------------------
+
+    def _pool_for(self, rects: tuple[Rect, ...]) -> ThreadPoolExecutor | None:
+        """The tile pool, if worth using for these cells (several, none overlapping)."""
+        if self._threads < 2 or len(rects) < 2:
+            return None
+        if rects != self._disjoint_for:
+            self._disjoint_for = rects
+            self._disjoint = not any(
+                a.x < b.right and b.x < a.right and a.y < b.bottom and b.y < a.bottom
+                for i, a in enumerate(rects)
+                for b in rects[i + 1 :]
+            )
+        if not self._disjoint:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="canvas-tiles")
+        return self._pool
+
+    def _paint_all(
+        self,
+        jobs: Sequence[tuple[Tile, bool]],
+        planes: tuple[_yuv.Plane, _yuv.Plane, _yuv.Plane],
+        prev_planes: tuple[_yuv.Plane, _yuv.Plane, _yuv.Plane] | None,
+    ) -> None:
+        for tile, reuse in jobs:
+            if reuse and prev_planes is not None:
+                _copy_cell(prev_planes, planes, tile.rect)
                 continue
             state = self._keys.get(tile.key)
             if state is None:
@@ -127,12 +194,6 @@ class Canvas:
                 self._paint_placeholder(state, tile, planes)
             else:
                 self._paint_frame(state, tile, tile.frame, planes)
-        self._prev = buf
-        self._prev_sig = sig
-        self._prev_tiles = list(tiles)  # keeps the frames alive, so their ids stay unique
-        return _yuv.to_frame(buf, w, h)
-
-    # -- painting ------------------------------------------------------------------------
 
     def _fully_covered(self, rects: tuple[Rect, ...]) -> bool:
         """Whether the cells tile the whole canvas (then no background fill is needed)."""

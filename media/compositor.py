@@ -287,6 +287,8 @@ class Compositor:
         self._output.stop()
         self._participants.clear()
         await self._readers.aclose()
+        async with self._compose_lock:  # a composition in flight finishes first
+            await asyncio.to_thread(self._canvas.close)
 
     # -- readers -----------------------------------------------------------------------------
 

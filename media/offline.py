@@ -264,6 +264,7 @@ class CompositeJob:
         finally:
             for source in sources:
                 source.close()
+            self._canvas.close()
 
     def _open_output(self) -> av.container.OutputContainer:
         try:

@@ -600,3 +600,37 @@ def test_full_range_input_is_mapped_to_video_range(tagged: str) -> None:
     assert abs(int(got[0][10, 10]) - 16) <= 1
     assert abs(int(got[0][230, 10]) - 235) <= 1
     assert abs(int(got[1][60, 80]) - 128) <= 1
+
+
+def test_two_tile_threads_paint_exactly_what_one_does() -> None:
+    """Disjoint cells go to two threads; the picture must not depend on it (labels, stalls,
+    placeholders and cell reuse included), and close() leaves a working one-thread canvas."""
+    cells = [p.rect for p in grid_layout([str(i) for i in range(9)], 1280, 720)]
+    sets = [
+        [solid(640 if i % 2 else 480, 480 if i % 3 else 360, colour(i + k)) for i in range(9)]
+        for k in range(2)
+    ]
+
+    def tiles(k: int) -> list[Tile]:
+        return [
+            Tile(
+                key=f"p{i}", rect=cells[i], frame=None if i == 4 else sets[k][i],
+                label=f"p{i}", stalled=i == 7,
+            )
+            for i in range(9)
+        ]  # fmt: skip
+
+    one, two = Canvas(width=1280, height=720, threads=1), Canvas(width=1280, height=720, threads=2)
+    try:
+        for k in (0, 1, 1, 0):  # a repeat (k=1 twice) exercises cell reuse on both
+            a, b = one.compose(tiles(k)), two.compose(tiles(k))
+            assert np.array_equal(a.to_ndarray(), b.to_ndarray()), k
+        assert two._pool is not None  # the second thread really painted
+    finally:
+        one.close()
+        two.close()
+    assert two._threads == 1
+    again = two.compose(tiles(0)).to_ndarray()
+    assert np.array_equal(
+        again, Canvas(width=1280, height=720, threads=1).compose(tiles(0)).to_ndarray()
+    )
