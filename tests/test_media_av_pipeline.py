@@ -1,10 +1,12 @@
 """A/V sync through the whole recording pipeline: sources -> compositor + mixer -> recorder.
 
-Two participants flash and beep every second on one ``MediaClock``; the compositor lays them
-out, the mixer mixes them, and the recorder writes the file, all on that clock. In the file
-every flash must sit within one frame of its beep. This is what `callbot record` relies on:
-the compositor's output pts name when its content was captured (it composes half a slot after
-the sources and stamps the slot) and the mixer's pts are shifted back by its buffering delay.
+Two participants on one ``MediaClock``: the first flashes and beeps every second, the second
+sends a plain pattern and a quiet steady tone (so there really are two tiles and two inputs to
+mix). The compositor lays them out, the mixer mixes them, the recorder writes the file, all on
+that clock. In the file every flash must sit within one frame of its beep. This is what
+`callbot record` relies on: the compositor's output pts name when its content was captured (it
+composes half a slot after the sources and stamps the slot) and the mixer's pts are shifted
+back by its buffering delay.
 """
 
 from __future__ import annotations
@@ -12,18 +14,41 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import av
+
 from media import AudioMixer, Compositor, MediaClock, PatternVideoTrack, Recorder, ToneAudioTrack
 
-from .test_media_av_sync import BEEP_S, FPS, FRAME_S, PERIOD_S, _offsets, _until
+from .test_media_av_sync import BEEP_S, FPS, FRAME_S, PERIOD_S, _beeps, _until
+
+
+def _flashes(path: Path) -> list[float]:
+    """Times of composite frames in which the first tile's picture (below the stamp) is white."""
+    times = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            tile = frame.to_ndarray()[60 : frame.height, :320]
+            if tile.mean() > 200:
+                times.append(float(frame.time or 0.0))
+    return times
+
+
+def _offsets(path: Path) -> list[float]:
+    """Audio minus video time for every flash, paired with the nearest whole beep."""
+    beeps = [onset for onset, length in _beeps(path) if abs(length - BEEP_S) < 0.01]
+    flashes = [v for v in _flashes(path) if v >= PERIOD_S / 2]
+    return [min(beeps, key=lambda a: abs(a - v)) - v for v in flashes if beeps]
 
 
 async def _record(path: Path) -> list[float]:
     clock = MediaClock()
     videos = [
-        PatternVideoTrack(width=320, height=240, fps=FPS, clock=clock, flash_every_s=PERIOD_S)
-        for _ in range(2)
+        PatternVideoTrack(width=320, height=240, fps=FPS, clock=clock, flash_every_s=PERIOD_S),
+        PatternVideoTrack(width=320, height=240, fps=FPS, clock=clock, seed=3),
     ]
-    tones = [ToneAudioTrack(clock=clock, beep_every_s=PERIOD_S, beep_s=BEEP_S) for _ in range(2)]
+    tones = [
+        ToneAudioTrack(clock=clock, beep_every_s=PERIOD_S, beep_s=BEEP_S),
+        ToneAudioTrack(clock=clock, frequency=200, amplitude=0.01),
+    ]
     mixer = AudioMixer(clock=clock)
     compositor = Compositor(
         width=640, height=240, fps=FPS, clock=clock, layout="grid", levels=mixer.levels
@@ -34,7 +59,7 @@ async def _record(path: Path) -> list[float]:
     recorder = Recorder(path, video=compositor.output, audio=mixer.output, fps=FPS, clock=clock)
     try:
         async with recorder:
-            await _until(lambda: recorder.duration_s >= 5.6)
+            await _until(lambda: recorder.duration_s >= 7.6)
     finally:
         await compositor.aclose()
         await mixer.aclose()
@@ -45,7 +70,6 @@ async def _record(path: Path) -> list[float]:
 
 async def test_composite_and_mix_stay_in_sync_in_the_recording(tmp_path: Path) -> None:
     offsets = await _record(tmp_path / "pipeline.mkv")
-    # The flash detector looks at the picture below the stamp band: both tiles flash at once,
-    # so the canvas's mean luma jumps exactly when the participants' frames do.
+    # Seven flashes recorded; a starved source or mixer may lose a few, three must be left.
     assert len(offsets) >= 3, offsets
     assert all(abs(o) <= FRAME_S for o in offsets), [round(o, 4) for o in offsets]
