@@ -6,29 +6,41 @@ that its tile covers, so no intermediate frame is allocated or copied.
 Why not one ``cv2.resize`` call: ``INTER_LINEAR``/``INTER_CUBIC`` do not widen their kernel
 when shrinking, so fine detail folds into moiré; ``INTER_AREA``'s box kernel still leaks a
 near-Nyquist grating at 10-15% and at non-integer factors takes a slow generic path. A
-shrink is done in cheap steps instead:
+shrink by 2x or more is done in cheap steps instead:
 
-1. per whole factor of two: a 3x3 box blur then an exact 2x2 average (``INTER_AREA`` at 2x).
-   Together that is the [1 2 2 1]/6 decimator: it stays centred on pixel centres (``pyrDown``
-   would shift half a pixel, which alone costs ~10 dB against FFmpeg) and passes under 8% of
-   anything that would fold below the new Nyquist (the bare 2x2 average passes up to 30%);
-2. a short symmetric FIR (``sepFilter2D``; symmetric kernels take OpenCV's vectorised path);
-3. ``INTER_LINEAR`` for the remaining factor r in [1, 2) (skipped when r is exactly 1).
+1. per whole factor of two: a 3x3 box blur then an exact 2x2 average (``INTER_AREA`` at 2x,
+   OpenCV's SIMD path). Together that is the [1 2 2 1]/6 decimator: it stays centred on pixel
+   centres (``pyrDown`` would shift half a pixel, which alone costs ~10 dB against FFmpeg) and
+   passes under 8% of anything that would fold below the new Nyquist. The bare 2x2 average
+   passes up to 30%: a period-2.5 grating comes out of "2x average, then anything" as a
+   strong in-band beat, which no later filter can tell from picture, so the blur stays;
+2. ``INTER_LINEAR`` for the remaining factor r in [1, 2) (skipped when r is exactly 1);
+3. a 3-tap (5 after two or more 2x steps) symmetric FIR (``sepFilter2D``) at the output size,
+   writing into ``dst``.
 
-The FIR is designed per remaining factor so that the whole chain approximates a bicubic kernel
-(B=0, C=0.6) stretched by the scale factor, the antialiased filter FFmpeg's swscale applies by
+The FIR is designed per (steps, r) so that the whole chain approximates a bicubic kernel (B=0,
+C=0.6) stretched by the scale factor, the antialiased filter FFmpeg's swscale applies by
 default: a least-squares fit of the chain's 1-D impulse responses to that kernel's, weighted by
 an image model (AR(1) content, rho 0.9, plus white detail), with unit DC gain so flat colours
-stay exact. It undoes the blur steps' passband droop and the linear step's aliasing. Luma
-PSNR of the benchmark's whole 1280x720 canvas against FFmpeg's graph (16 / 9 / 4 tiles of
-640x480, i.e. 2.67x / 2x / 1.33x): 46.9 / 52.6 / 51.6 dB; ``INTER_AREA`` gives 44.1 / 43.2 /
-46.5 and ``INTER_LINEAR`` 34.8 / 43.2 / 45.8.
+stay exact. It mostly restores the passband the blur and the linear step soften. It runs last
+because that is where it is cheapest: the output has 0.56x the pixels of the half-size plane
+at 2.67x, and 3 taps there match swscale better (47.0 vs 45.3 dB) than 5 taps before the
+linear step, where the previous version ran it. Shrinks under 2x on some axis keep that older
+order, a fitted FIR at the source size then ``INTER_LINEAR``, since nothing is decimated first.
 
-Enlarging (and an enlarged axis of a mixed resize) is plain ``INTER_CUBIC``: nothing aliases.
-Scratch planes live in a per-thread cache keyed by shape, so callers on several threads (several
-canvases) never share one. OpenCV's thread pool is left as configured: 1 vs 2 threads made no
-consistent difference at these sizes (``python -m bench.compositor --cv2-threads``), and the
-setting is process-global, so this module never touches it.
+Luma PSNR of the benchmark's whole 1280x720 canvas against FFmpeg's graph (16 / 9 / 4 tiles of
+640x480, i.e. 2.67x / 2x / 1.33x): 48.6 / 51.3 / 51.6 dB; ``INTER_AREA`` gives 44.1 / 43.2 /
+46.5 and ``INTER_LINEAR`` 34.8 / 43.2 / 45.8. Cheaper chains measured and rejected (tile PSNR
+against swscale at 2.67x, decoded pattern frames): 2x average + fitted 7-tap FIR + linear
+42.9 dB and fails the grating check; blur + 2x + ``INTER_CUBIC`` 43.5 dB; blur + linear at
+2.67x + FIR 46.3 dB but leaks gratings (the blur alone passes 20-30% near Nyquist).
+
+Enlarging on both axes is plain ``INTER_CUBIC``: nothing aliases. Scratch planes live in a
+per-thread cache keyed by shape, so callers on several threads (several canvases, the canvas's
+tile thread) never share one. OpenCV's thread pool is left as configured: 1 vs 2 threads made
+no consistent difference at these sizes (``python -m bench.compositor --cv2-threads``), and
+the setting is process-global, so this module never touches it. ``python -m bench.scale``
+times the kernel alone.
 """
 
 from __future__ import annotations
@@ -74,6 +86,13 @@ def resize_into(src: Plane, dst: Plane) -> None:
         cv2.resize(src, (dw, dh), dst=dst, interpolation=cv2.INTER_CUBIC)
         return
     levels = _levels(sw, sh, dw, dh)
+    if levels == 0:  # under 2x on some axis: smooth at full size, then the linear step
+        kx = _pre_fir(_ratio(sw, dw))
+        ky = _pre_fir(_ratio(sh, dh))
+        filtered = _scratch("pre", (sh, sw))
+        cv2.sepFilter2D(src, -1, kx, ky, dst=filtered, borderType=cv2.BORDER_REPLICATE)
+        cv2.resize(filtered, (dw, dh), dst=dst, interpolation=cv2.INTER_LINEAR)
+        return
     for level in range(levels):
         h, w = src.shape
         h2, w2 = (h + 1) // 2, (w + 1) // 2
@@ -86,14 +105,13 @@ def resize_into(src: Plane, dst: Plane) -> None:
         src = _scratch(("half", level), (h2, w2))
         cv2.resize(blurred, (w2, h2), dst=src, interpolation=cv2.INTER_AREA)
     mh, mw = src.shape
-    kx = _prefilter(levels, _ratio(mw, dw))
-    ky = _prefilter(levels, _ratio(mh, dh))
-    if (mh, mw) == (dh, dw):
-        cv2.sepFilter2D(src, -1, kx, ky, dst=dst, borderType=cv2.BORDER_REPLICATE)
-        return
-    filtered = _scratch("fir", (mh, mw))
-    cv2.sepFilter2D(src, -1, kx, ky, dst=filtered, borderType=cv2.BORDER_REPLICATE)
-    cv2.resize(filtered, (dw, dh), dst=dst, interpolation=cv2.INTER_LINEAR)
+    kx = _post_fir(levels, _ratio(mw, dw))
+    ky = _post_fir(levels, _ratio(mh, dh))
+    if (mh, mw) != (dh, dw):
+        resized = _scratch("linear", (dh, dw))
+        cv2.resize(src, (dw, dh), dst=resized, interpolation=cv2.INTER_LINEAR)
+        src = resized
+    cv2.sepFilter2D(src, -1, kx, ky, dst=dst, borderType=cv2.BORDER_REPLICATE)
 
 
 def _levels(sw: int, sh: int, dw: int, dh: int) -> int:
@@ -182,28 +200,46 @@ def _decimate_matrix(n: int) -> _Matrix:
 
 
 @lru_cache(maxsize=64)
-def _prefilter(levels: int, r: float) -> _Kernel:
-    """The symmetric FIR for which 2x^levels -> FIR -> linear(r) best matches swscale's."""
-    if levels == 0 and r == 1.0:
+def _pre_fir(r: float) -> _Kernel:
+    """The symmetric FIR for which FIR -> linear(r) best matches swscale's (no 2x step)."""
+    if r == 1.0:
         return np.ones(1, dtype=np.float32)  # an axis that is not shrunk at all
-    half = max(2, math.ceil(1.5 * r))
+    n_in = round(_MODEL_OUT * r)
+    interp = _linear_matrix(n_in, _MODEL_OUT)
+    basis = [interp @ _symmetric_taps(n_in, k) for k in range(max(2, math.ceil(1.5 * r)) + 1)]
+    return _fit(basis, n_in)
+
+
+@lru_cache(maxsize=64)
+def _post_fir(levels: int, r: float) -> _Kernel:
+    """The symmetric FIR for which 2x^levels -> linear(r) -> FIR best matches swscale's."""
     n_mid = round(_MODEL_OUT * r)
     n_in = n_mid << levels
     chain = np.eye(n_in)
     for level in range(levels):
         chain = _decimate_matrix(n_in >> level) @ chain
-    interp = np.eye(n_mid) if r == 1.0 else _linear_matrix(n_mid, _MODEL_OUT)
-    n_out = interp.shape[0]
+    if r != 1.0:
+        chain = _linear_matrix(n_mid, _MODEL_OUT) @ chain
+    half = 1 if levels == 1 else 2  # 3 taps after one 2x step; deeper droop wants 5
+    basis = [_symmetric_taps(_MODEL_OUT, k) @ chain for k in range(half + 1)]
+    return _fit(basis, n_in)
+
+
+def _symmetric_taps(n: int, k: int) -> _Matrix:
+    """Samples i - k plus i + k (just i for k = 0): one tap pair of a symmetric FIR."""
+    return _shift_matrix(n, k) + _shift_matrix(n, -k) if k else np.eye(n)
+
+
+def _fit(basis: list[_Matrix], n_in: int) -> _Kernel:
+    """Taps (centre first in ``basis``) whose chain best matches swscale's bicubic, in the
+    image model's least-squares sense, with unit DC gain so flat colours stay exact."""
+    n_out = basis[0].shape[0]
     target = _bicubic_matrix(n_in, n_out)
     idx = np.arange(n_in)
     model = _RHO ** np.abs(idx[:, None] - idx[None, :]) + _WHITE * np.eye(n_in)
     weight = np.linalg.cholesky(model)
     keep = slice(_MARGIN, n_out - _MARGIN)
-    cols = []
-    for k in range(half + 1):
-        taps = _shift_matrix(n_mid, k) + _shift_matrix(n_mid, -k) if k else np.eye(n_mid)
-        cols.append((interp @ taps @ chain @ weight)[keep].ravel())
-    a = np.stack(cols, axis=1)
+    a = np.stack([(m @ weight)[keep].ravel() for m in basis], axis=1)
     b = (target @ weight)[keep].ravel()
     # Unit DC gain: centre = 1 - 2 * sum(side taps), so fit the side taps only.
     side, *_ = np.linalg.lstsq(a[:, 1:] - 2 * a[:, :1], b - a[:, 0], rcond=None)
