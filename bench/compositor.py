@@ -24,7 +24,8 @@ the canvas written (1280x720x1.5); memory traffic is measured as bytes read plus
 by ``numpy.copyto`` of a 64 MiB buffer.
 
 ``cv2`` keeps its configured thread pool (the setting is process-global); ``--cv2-threads N``
-runs the same measurement under ``cv2.setNumThreads(N)`` and restores it afterwards.
+runs the same measurement under ``cv2.setNumThreads(N)`` and restores it afterwards. The resize
+kernel alone, against swscale per tile, is ``python -m bench.scale``.
 
 Usage: python -m bench.compositor [--json] [--frames N] [--cv2-threads N]
 """

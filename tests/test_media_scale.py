@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 
 import av
 import cv2
@@ -50,10 +51,11 @@ SHRINKS = [((640, 480), (240, 180)), ((640, 480), (320, 240)), ((320, 240), (120
 
 @pytest.mark.parametrize(("src_wh", "dst_wh"), SHRINKS)
 @pytest.mark.parametrize("period", [2.1, 2.2, 2.5])
+@pytest.mark.parametrize("sharpen", [True, False])
 def test_near_nyquist_grating_shrinks_to_flat_grey(
-    src_wh: tuple[int, int], dst_wh: tuple[int, int], period: float
+    src_wh: tuple[int, int], dst_wh: tuple[int, int], period: float, sharpen: bool
 ) -> None:
-    assert moire(resize_into, period, src_wh, dst_wh) < 6.5
+    assert moire(partial(resize_into, sharpen=sharpen), period, src_wh, dst_wh) < 6.5
 
 
 def test_the_grating_check_catches_a_plain_bilinear_resize() -> None:
@@ -96,6 +98,19 @@ def test_close_to_swscale_bicubic(w: int, h: int, floor_db: float) -> None:
     assert luma_psnr(ours, reference) > luma_psnr(area, reference)
 
 
+def test_sharpen_false_is_softer_and_sharpen_true_is_what_matches_swscale() -> None:
+    frame = PatternVideoTrack(width=640, height=480, seed=4, label="bot 4").render(9, 3000)
+    reference = planes_of(frame.reformat(width=240, height=180, interpolation="BICUBIC"))[0]
+    sharp, soft = np.zeros((180, 240), np.uint8), np.zeros((180, 240), np.uint8)
+    resize_into(planes_of(frame)[0], sharp)
+    resize_into(planes_of(frame)[0], soft, sharpen=False)
+    assert luma_psnr(sharp, reference) > luma_psnr(soft, reference) + 5
+    assert (
+        np.abs(np.diff(soft.astype(np.int16))).mean()
+        < np.abs(np.diff(sharp.astype(np.int16))).mean()
+    )
+
+
 SIZES = [
     ((640, 480), (240, 180)),
     ((640, 480), (320, 240)),
@@ -114,24 +129,28 @@ SIZES = [
 
 
 @pytest.mark.parametrize(("src_wh", "dst_wh"), SIZES)
-def test_solid_colours_stay_exact(src_wh: tuple[int, int], dst_wh: tuple[int, int]) -> None:
+@pytest.mark.parametrize("sharpen", [True, False])
+def test_solid_colours_stay_exact(
+    src_wh: tuple[int, int], dst_wh: tuple[int, int], sharpen: bool
+) -> None:
     for value in (0, 16, 81, 128, 235, 255):
         src = np.full((src_wh[1], src_wh[0]), value, dtype=np.uint8)
         out = np.zeros((dst_wh[1], dst_wh[0]), dtype=np.uint8)
-        resize_into(src, out)
+        resize_into(src, out, sharpen=sharpen)
         assert (out == value).all(), (value, np.unique(out))
 
 
 @pytest.mark.parametrize(("src_wh", "dst_wh"), SIZES)
+@pytest.mark.parametrize("sharpen", [True, False])
 def test_writes_only_inside_a_view_and_follows_the_picture(
-    src_wh: tuple[int, int], dst_wh: tuple[int, int]
+    src_wh: tuple[int, int], dst_wh: tuple[int, int], sharpen: bool
 ) -> None:
     (sw, sh), (dw, dh) = src_wh, dst_wh
     yy, xx = np.mgrid[0:sh, 0:sw]
     src = (40 + 150 * (xx / max(sw - 1, 1)) * (yy / max(sh - 1, 1))).astype(np.uint8)  # smooth
     canvas = np.full((dh + 10, dw + 13), 7, dtype=np.uint8)
     view = canvas[3 : 3 + dh, 5 : 5 + dw]
-    resize_into(src, view)
+    resize_into(src, view, sharpen=sharpen)
     outside = canvas.copy()
     outside[3 : 3 + dh, 5 : 5 + dw] = 7
     assert (outside == 7).all()
@@ -196,12 +215,13 @@ def test_threads_with_different_shapes_do_not_share_scratch() -> None:
     assert not errors, errors[:3]
 
 
-def test_chroma_planes_of_a_decoded_frame() -> None:
+@pytest.mark.parametrize("sharpen", [True, False])
+def test_chroma_planes_of_a_decoded_frame(sharpen: bool) -> None:
     frame = PatternVideoTrack(width=640, height=480, seed=5, label="c").render(3, 1000)
     frame = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
     _, u, v = planes_of(frame)
     for plane in (u, v):
         out = np.zeros((90, 120), dtype=np.uint8)
-        resize_into(plane, out)
+        resize_into(plane, out, sharpen=sharpen)
         expected = cv2.resize(plane, (120, 90), interpolation=cv2.INTER_AREA).astype(np.int16)
         assert np.abs(out.astype(np.int16) - expected).mean() < 2
