@@ -721,7 +721,7 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = {"compositor": "bench.compositor", "record": "bench.record"}
+BENCHMARKS = {"compositor": "bench.compositor", "record": "bench.record", "scale": "bench.scale"}
 
 
 def _bench(args: argparse.Namespace) -> int:

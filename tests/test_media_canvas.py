@@ -453,10 +453,12 @@ def test_resolution_change_and_cell_reuse(monkeypatch: pytest.MonkeyPatch) -> No
     resizes = 0
     real_resize = resize_into
 
-    def counting(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None:
+    def counting(
+        src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8], *, sharpen: bool = True
+    ) -> None:
         nonlocal resizes
         resizes += 1
-        real_resize(src, dst)
+        real_resize(src, dst, sharpen=sharpen)
 
     monkeypatch.setattr(canvas_module, "resize_into", counting)
     canvas = Canvas(width=1280, height=720)
