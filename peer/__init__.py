@@ -1,5 +1,6 @@
 """callbot's WebRTC participant: join a room, publish and receive tracks, make and take calls."""
 
+from .backoff import Backoff, ConnectionState, LinkState
 from .calls import Call, CallEndedError
 from .config import DEFAULT_SERVER_URL, LOOPBACK_ONLY, IceServer, Mode, ParticipantConfig
 from .errors import (
@@ -18,13 +19,16 @@ from .tracks import RemoteTrack
 __all__ = [
     "DEFAULT_SERVER_URL",
     "LOOPBACK_ONLY",
+    "Backoff",
     "Call",
     "CallEndedError",
     "CallbotError",
     "ConfigError",
     "ConnectError",
+    "ConnectionState",
     "IceServer",
     "JoinRefused",
+    "LinkState",
     "Mode",
     "NegotiationError",
     "Participant",

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import urlparse
 
 from signaling_server.protocol import MAX_NAME_LENGTH, MAX_ROOM_LENGTH, IceServerInfo
 
+from .backoff import Backoff
 from .errors import ConfigError
 
 DEFAULT_SERVER_URL = "ws://127.0.0.1:8080/ws"
@@ -70,6 +71,10 @@ class ParticipantConfig:
     negotiation_timeout_s: float = 30.0
     video_buffer_frames: int = 4
     audio_buffer_frames: int = 25
+    reconnect: Backoff | None = field(default_factory=Backoff)
+    """How to reconnect after losing the relay (None: never; media links stay up anyway)."""
+    peer_list_interval_s: float | None = 15.0
+    """How often to pull the roster from the relay, to heal missed joins/leaves (None: never)."""
 
     def __post_init__(self) -> None:
         _check_text("room", self.room, MAX_ROOM_LENGTH)
@@ -94,6 +99,9 @@ class ParticipantConfig:
             raise ConfigError("timeouts must be positive")
         if self.video_buffer_frames < 1 or self.audio_buffer_frames < 1:
             raise ConfigError("buffers must hold at least one frame")
+        interval = self.peer_list_interval_s
+        if interval is not None and not (math.isfinite(interval) and interval > 0):
+            raise ConfigError("peer_list_interval_s must be positive (or None)")
 
 
 def _check_text(field: str, value: str, limit: int) -> None:

@@ -34,9 +34,11 @@ from signaling_server.protocol import (
     IncomingCall,
     Join,
     Leave,
+    ListPeers,
     PeerInfo,
     PeerJoined,
     PeerLeft,
+    PeerList,
     RelayedAnswer,
     RelayedIceCandidate,
     RelayedOffer,
@@ -44,11 +46,13 @@ from signaling_server.protocol import (
     Welcome,
 )
 
+from .backoff import ConnectionState, LinkState
 from .calls import Call
 from .config import IceServer, Mode, ParticipantConfig
 from .errors import (
     CallbotError,
     ConfigError,
+    ConnectError,
     JoinRefused,
     NegotiationError,
     ServerError,
@@ -85,9 +89,7 @@ class Participant:
             for track in (video, audio)
             if track is not None
         ]
-        self._signaling = SignalingClient(
-            config.server_url, connect_timeout_s=config.connect_timeout_s, observer=self._observe
-        )
+        self._signaling = self._new_signaling()
         self._links: dict[str, PeerLink] = {}
         self._calls: dict[str, Call] = {}
         self._invites: asyncio.Queue[Call | None] = asyncio.Queue()
@@ -99,6 +101,9 @@ class Participant:
         self._changed = asyncio.Event()
         self._welcome: Welcome | None = None
         self._closed = False
+        self._state = ConnectionState(state=LinkState.CONNECTING)
+        self._state_queues: set[asyncio.Queue[ConnectionState]] = set()
+        self._puller: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -123,7 +128,22 @@ class Participant:
         if self._welcome is not None:
             return self._welcome
         await self._signaling.connect()
-        request = Join(room=self.config.room, name=self.config.name, id=self._signaling.next_id())
+        welcome = await self._join(resume_token=None)
+        logger.info(
+            "joined room %r as %s (%d others)", welcome.room, welcome.peer_id, len(welcome.peers)
+        )
+        self._set_state(ConnectionState(state=LinkState.CONNECTED))
+        self._router = asyncio.create_task(self._route(), name="callbot-participant-router")
+        return welcome
+
+    async def _join(self, *, resume_token: str | None) -> Welcome:
+        """Send ``join`` on the current socket; the roster comes from the welcome."""
+        request = Join(
+            room=self.config.room,
+            name=self.config.name,
+            resume_token=resume_token,
+            id=self._signaling.next_id(),
+        )
         try:
             welcome = await self._signaling.request(
                 request, timeout_s=self.config.connect_timeout_s
@@ -133,12 +153,7 @@ class Participant:
         if not isinstance(welcome, Welcome):
             raise CallbotError(f"the relay answered join with {welcome.type!r}")
         self._welcome = welcome
-        logger.info(
-            "joined room %r as %s (%d others)", welcome.room, welcome.peer_id, len(welcome.peers)
-        )
-        for info in welcome.peers:
-            self._peers[info.peer_id] = info
-        self._router = asyncio.create_task(self._route(), name="callbot-participant-router")
+        self._peers = {info.peer_id: info for info in welcome.peers}
         return welcome
 
     async def leave(self) -> None:
@@ -154,9 +169,10 @@ class Participant:
             if say_goodbye and self._welcome is not None:
                 with contextlib.suppress(CallbotError):
                     await self._signaling.send(Leave())
-            if self._router is not None:
-                self._router.cancel()
-                await asyncio.gather(self._router, return_exceptions=True)
+            for task in (self._router, self._puller):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             for peer_id in list(self._links):
                 self._close_link(peer_id)
             # Shielded: a caller cancelled mid-close still leaves no half-closed connection.
@@ -166,11 +182,54 @@ class Participant:
                 await pump.aclose()
         finally:
             await self._signaling.aclose()
+            self._set_state(ConnectionState(state=LinkState.CLOSED, reason="closed"))
             self._tracks.put_nowait(None)
             self._invites.put_nowait(None)
             self._changed.set()
 
     # ------------------------------------------------------------------ what users read
+
+    @property
+    def connection(self) -> ConnectionState:
+        """Whether we are in touch with the relay right now (media links do not depend on it)."""
+        return self._state
+
+    async def connection_states(self) -> AsyncIterator[ConnectionState]:
+        """The current connection state, then every change, until ``closed``."""
+        queue: asyncio.Queue[ConnectionState] = asyncio.Queue()
+        queue.put_nowait(self._state)
+        self._state_queues.add(queue)
+        try:
+            while True:
+                state = await queue.get()
+                yield state
+                if state.state is LinkState.CLOSED:
+                    return
+        finally:
+            self._state_queues.discard(queue)
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if self._state.state is LinkState.CLOSED:
+            return  # closed is final
+        if state.state is self._state.state and state.attempt == self._state.attempt:
+            return
+        self._state = state
+        logger.info(
+            "relay connection: %s%s", state.state, f" ({state.reason})" if state.reason else ""
+        )
+        for queue in self._state_queues:
+            queue.put_nowait(state)
+
+    def _new_signaling(self) -> SignalingClient:
+        return SignalingClient(
+            self.config.server_url,
+            connect_timeout_s=self.config.connect_timeout_s,
+            observer=self._observe,
+        )
+
+    async def _send(self, message: ClientMessage) -> None:
+        """Send on whichever relay connection is current (links outlive reconnects)."""
+        await self._signaling.send(message)
 
     @property
     def peer_id(self) -> str:
@@ -328,16 +387,102 @@ class Participant:
     # ------------------------------------------------------------------ routing
 
     async def _route(self) -> None:
-        self._sync_links()
-        async for message in self._signaling.messages():
+        """Read the relay; when it is lost, reconnect (if configured) and read on."""
+        while True:
+            self._sync_links()
+            self._start_puller()
+            async for message in self._signaling.messages():
+                try:
+                    await self._dispatch(message)
+                    self._sync_links()
+                except CallbotError as exc:  # one bad message must not end the participant
+                    logger.warning("while handling %s: %s", message.type, exc)
+                self._changed.set()
+            if self._closed:
+                return
+            reason = self._signaling.close_reason or "connection closed"
+            logger.warning("lost the relay: %s", reason)
+            self._set_state(ConnectionState(state=LinkState.DISCONNECTED, reason=reason))
+            if self._puller is not None:
+                self._puller.cancel()
+            if not await self._reconnect(reason):
+                return
+
+    async def _reconnect(self, reason: str) -> bool:
+        """Back off and rejoin with our resume token; False if we gave up (state ``closed``).
+
+        Only transport failures are retried: a relay that refuses the join (other than an
+        unusable resume token, after which we join afresh) ends the participant's signaling.
+        Media links stay up throughout; the roster from the new welcome then decides which
+        of them to keep.
+        """
+        backoff = self.config.reconnect
+        if backoff is None:
+            return False
+        attempt = 0
+        token = self._welcome.resume_token if self._welcome is not None else None
+        old_id = self._welcome.peer_id if self._welcome is not None else None
+        while True:
+            attempt += 1
+            self._set_state(
+                ConnectionState(state=LinkState.RECONNECTING, reason=reason, attempt=attempt)
+            )
+            await asyncio.sleep(backoff.delay(attempt))
+            await self._signaling.aclose()
+            self._signaling = self._new_signaling()
             try:
-                await self._dispatch(message)
+                await self._signaling.connect()
+                try:
+                    welcome = await self._join(resume_token=token)
+                except JoinRefused as exc:
+                    if token is None:
+                        raise
+                    logger.warning("the relay refused our resume token (%s); joining afresh", exc)
+                    token = None
+                    welcome = await self._join(resume_token=None)
+            except ConnectError as exc:
+                reason = str(exc)
+                if backoff.gives_up_after(attempt):
+                    self._set_state(
+                        ConnectionState(
+                            state=LinkState.CLOSED, reason=f"gave up after {attempt}: {reason}"
+                        )
+                    )
+                    return False
+                continue
+            except JoinRefused as exc:
+                self._set_state(
+                    ConnectionState(state=LinkState.CLOSED, reason=f"join refused: {exc}")
+                )
+                return False
+            if welcome.peer_id != old_id:
+                # A new identity: everyone sees a new peer, so every link starts over.
+                logger.warning("rejoined as a new peer %s (was %s)", welcome.peer_id, old_id)
+                for peer_id in list(self._links):
+                    self._close_link(peer_id)
+            logger.info("rejoined room %r as %s", welcome.room, welcome.peer_id)
+            self._set_state(ConnectionState(state=LinkState.CONNECTED))
+            return True
+
+    def _start_puller(self) -> None:
+        interval = self.config.peer_list_interval_s
+        if interval is None or (self._puller is not None and not self._puller.done()):
+            return
+        self._puller = asyncio.create_task(self._pull(interval), name="callbot-peer-list")
+
+    async def _pull(self, interval: float) -> None:
+        """Ask for the roster now and then: heals a peer_joined/peer_left we missed."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                reply = await self._request(ListPeers())
+            except CallbotError as exc:
+                logger.debug("peer list pull failed: %s", exc)
+                return  # the connection is going; the router restarts us after a reconnect
+            if isinstance(reply, PeerList):
+                self._peers = {info.peer_id: info for info in reply.peers}
                 self._sync_links()
-            except CallbotError as exc:  # one bad message must not end the participant
-                logger.warning("while handling %s: %s", message.type, exc)
-            self._changed.set()
-        if not self._closed:
-            logger.warning("lost the relay: %s", self._signaling.close_reason)
+                self._changed.set()
 
     async def _dispatch(self, message: Any) -> None:
         match message:
@@ -406,7 +551,7 @@ class Participant:
             info,
             options=options,
             local_media=self._pumps,
-            send=self._signaling.send,
+            send=self._send,
             on_track=self._on_track,
             on_change=self._changed.set,
         )
