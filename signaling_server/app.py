@@ -2,8 +2,10 @@
 
 All state lives in the app (``web.AppKey``), so several relays can run in one process (tests do).
 The call store is opened in a ``cleanup_ctx`` (which first ends the calls a previous run left
-unfinished, ``relay_restart``) and closed after the sockets. Shutdown closes every WebSocket with
-1001 (going away) so that clients can tell a restart from a network failure and reconnect.
+unfinished, ``relay_restart``) and closed after the sockets; with a database, the secret that signs
+resume tokens is loaded from it too, so peers get their ids back after a restart. Shutdown closes
+every WebSocket with 1001 (going away) so that clients can tell a restart from a network failure
+and reconnect.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aiohttp import WSCloseCode, web
 
 from .handlers import HUB_KEY, Hub, websocket_handler
 from .rest import add_routes
+from .resume import ResumeTokens, load_or_create_secret
 from .settings import ServerSettings
 from .store import end_unfinished, open_store
 
@@ -48,6 +51,10 @@ async def _call_store(app: web.Application) -> AsyncIterator[None]:
     store = open_store(settings.db_path)
     await store.open()
     try:
+        if settings.secret is None and settings.db_path is not None:
+            # Tokens signed with the database's secret still resume after a restart.
+            secret = await asyncio.to_thread(load_or_create_secret, settings.db_path)
+            hub.tokens = ResumeTokens(secret)
         await end_unfinished(store)
         hub.calls.start(store)
         yield

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import assert_never
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -52,6 +53,7 @@ from .protocol import (
     dump_message,
     parse_message,
 )
+from .resume import ResumeTokens, random_secret
 from .rooms import Member, Rooms
 from .settings import ServerSettings
 
@@ -59,6 +61,10 @@ log = logging.getLogger(__name__)
 
 #: How long a server-initiated close waits for the client's close frame.
 CLOSE_TIMEOUT_S = 5.0
+#: Close code for a socket whose session a newer socket resumed: do not reconnect on it.
+CLOSE_REPLACED = 4001
+#: How many ended sessions the relay remembers, to refuse their resume tokens.
+MAX_RETIRED = 65536
 
 
 def frame_limit(max_message_bytes: int) -> int:
@@ -71,29 +77,152 @@ def frame_limit(max_message_bytes: int) -> int:
 
 
 class Hub:
-    """Relay state shared by the connections of one app: the rooms and each member's socket."""
+    """Relay state shared by the connections of one app: the rooms and each member's socket.
+
+    A member is *linked* (its socket is up) or *away* (its socket dropped without ``leave`` and
+    its grace timer runs). Frames for an away member are dropped; the room is told nothing until
+    the grace is over. The grace timers and the closes of taken-over sockets are owned here and
+    ended by :meth:`close_all`.
+    """
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        self.rooms = Rooms(max_peers_per_room=settings.max_peers_per_room)
+        #: Replaced at startup by the secret kept in the database, when there is one.
+        self.tokens = ResumeTokens(
+            random_secret() if settings.secret is None else settings.secret.encode("utf-8")
+        )
+        self.rooms = Rooms(
+            max_peers_per_room=settings.max_peers_per_room, issue_token=self._issue_token
+        )
         self.connections: set[Connection] = set()
         self.closing = False
         self._links: dict[str, Connection] = {}
+        self._away: dict[str, asyncio.TimerHandle] = {}
+        # Peers whose session ended in this process (left, or grace over): their tokens are
+        # spent. Bounded, oldest forgotten first; a restart forgets all (see docs/protocol.md).
+        self._retired: OrderedDict[str, None] = OrderedDict()
+        self._closers: set[asyncio.Task[None]] = set()
         self.calls = CallService(
             rooms=self.rooms, deliver=self.deliver, ring_timeout_s=settings.ring_timeout_s
         )
+
+    def _issue_token(self, room: str, peer_id: str, name: str) -> str:
+        return self.tokens.issue(room=room, peer_id=peer_id, name=name)
+
+    @property
+    def away_count(self) -> int:
+        return len(self._away)
+
+    def is_away(self, peer_id: str) -> bool:
+        return peer_id in self._away
 
     def join(self, conn: Connection, room: str, name: str | None) -> Member:
         member = self.rooms.join(room, name)
         self._links[member.peer_id] = conn
         return member
 
+    def admit(
+        self, conn: Connection, room: str, name: str | None, resume_token: str | None
+    ) -> tuple[Member, bool | None, bool]:
+        """Join ``conn``, resuming the token's peer if it can: (member, resumed, announce).
+
+        ``resumed`` is ``None`` without a token. ``announce``: the room must hear ``peer_joined``
+        (a new peer, one restored after a restart, or a resumed one that changed its name).
+        """
+        claim = self.tokens.verify(resume_token) if resume_token is not None else None
+        why = "no token"
+        if resume_token is not None:
+            if claim is None:
+                why = "not a token this relay signed"
+            elif claim.room != room:
+                why = f"the token is for another room ({claim.room!r})"
+            elif claim.peer_id in self._retired:
+                why = "that session has ended (left, or its grace ran out)"
+            else:
+                existing = self.rooms.get(claim.peer_id)
+                if existing is None:  # unknown here: the relay restarted since it was issued
+                    try:
+                        member = self.rooms.join(
+                            room, claim.name if name is None else name, peer_id=claim.peer_id
+                        )
+                    except ValueError:  # pragma: no cover - a 48-bit id clash
+                        why = "its peer id is in use"
+                    else:
+                        self._links[member.peer_id] = conn
+                        return member, True, True
+                elif existing.room != room:  # pragma: no cover - a 48-bit id clash
+                    why = "its peer id is in use"
+                else:
+                    self._cancel_grace(existing.peer_id)
+                    old = self._links.get(existing.peer_id)
+                    if old is not None and old is not conn:
+                        self._take_over(old)
+                    member = self.rooms.renew(existing.peer_id, name)
+                    self._links[member.peer_id] = conn
+                    return member, True, member.name != existing.name
+            log.info("resume_token refused (%s): joining %r as a new peer", why, room)
+        member = self.join(conn, room, name)
+        return member, (None if resume_token is None else False), True
+
     def leave(self, peer_id: str) -> Member | None:
         self._links.pop(peer_id, None)
+        self._cancel_grace(peer_id)
         return self.rooms.leave(peer_id)
 
+    def depart(self, peer_id: str, reason: str) -> None:
+        """End a peer's session: tell its room ``peer_left``, take it out of its calls."""
+        member = self.leave(peer_id)
+        if member is None:
+            return
+        self._retire(peer_id)
+        # On shutdown everyone is going and the 1001 close says it all: no peer_left storm, and
+        # calls stay as stored (the next start ends them relay_restart, not last_left).
+        if not self.closing:
+            self.broadcast(member.room, PeerLeft(peer_id=member.peer_id, reason=reason))
+            self.calls.peer_gone(member.peer_id)
+        log.info("%s left room %r (%s)", member.peer_id, member.room, reason)
+
+    def dropped(self, conn: Connection, member: Member) -> None:
+        """``conn``'s socket ended without ``leave``: start the grace, or depart at once."""
+        if self._links.get(member.peer_id) is not conn:
+            return  # taken over by a newer socket: the session lives on there
+        grace = self.settings.resume_grace_s
+        if self.closing or grace <= 0:
+            self.depart(member.peer_id, "disconnected")
+            return
+        del self._links[member.peer_id]
+        loop = asyncio.get_running_loop()
+        self._away[member.peer_id] = loop.call_later(grace, self._grace_over, member.peer_id)
+        log.info("%s is away; it may resume within %.1f s", member.peer_id, grace)
+
+    def _grace_over(self, peer_id: str) -> None:
+        self._away.pop(peer_id, None)
+        self.depart(peer_id, "timeout")
+
+    def _cancel_grace(self, peer_id: str) -> None:
+        timer = self._away.pop(peer_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _retire(self, peer_id: str) -> None:
+        self._retired[peer_id] = None
+        while len(self._retired) > MAX_RETIRED:
+            self._retired.popitem(last=False)
+
+    def _take_over(self, old: Connection) -> None:
+        """A newer socket resumed ``old``'s session: ``old`` goes quiet and is closed (4001)."""
+        old.detach()
+        if self.closing:
+            return  # close_all is closing it already
+        task = asyncio.create_task(
+            old.close(code=CLOSE_REPLACED, message=b"session resumed on another connection"),
+            name=f"callbot-relay-replaced-{id(old):x}",
+        )
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
     def deliver(self, peer_id: str, text: str) -> None:
-        """Queue an encoded frame for a member (nothing happens if it has just gone)."""
+        """Queue an encoded frame for a member (dropped if it is away or has just gone)."""
         conn = self._links.get(peer_id)
         if conn is not None:
             conn.send_text(text)
@@ -105,13 +234,21 @@ class Hub:
                 self.deliver(member.peer_id, text)
 
     async def close_all(self, *, code: int, message: bytes) -> None:
-        """Close every socket (graceful shutdown); each handler then cleans up after itself."""
+        """Close every socket (graceful shutdown); each handler then cleans up after itself.
+
+        Grace timers stop too: the room is not told about away peers (everyone is going).
+        """
         self.closing = True
+        for timer in self._away.values():
+            timer.cancel()
+        self._away.clear()
         conns = list(self.connections)
         results = await asyncio.gather(
-            *(c.close(code=code, message=message) for c in conns), return_exceptions=True
+            *(c.close(code=code, message=message) for c in conns),
+            *list(self._closers),
+            return_exceptions=True,
         )
-        for conn, result in zip(conns, results, strict=True):
+        for conn, result in zip(conns, results, strict=False):
             if isinstance(result, Exception):
                 log.warning("closing %s failed: %r", conn, result)
 
@@ -171,12 +308,19 @@ class Connection:
                     break
         finally:
             self._hub.connections.discard(self)
-            self._depart("disconnected")
+            member, self._member = self._member, None
+            if member is not None:
+                self._hub.dropped(self, member)
             await self._stop_writer()
             if self._close_done is not None:
                 # Returning would make aiohttp drop the transport mid-handshake; let close()
                 # collect the client's close frame (bounded by CLOSE_TIMEOUT_S).
                 await self._close_done.wait()
+
+    def detach(self) -> None:
+        """Hand the session to a newer socket: this one sends nothing more and leaves nobody."""
+        self._member = None
+        self._dead = True
 
     async def close(self, *, code: int, message: bytes) -> None:
         """Close from another task (shutdown): ends :meth:`run`'s loop, completes the handshake."""
@@ -340,7 +484,9 @@ class Connection:
                 "send leave first",
             )
         hub = self._hub
-        member = hub.join(self, message.room, message.name)
+        member, resumed, announce = hub.admit(
+            self, message.room, message.name, message.resume_token
+        )
         self._member = member
         others = hub.rooms.others(member.peer_id)
         self.send(
@@ -351,35 +497,30 @@ class Connection:
                 ice_servers=list(hub.settings.ice_servers),
                 resume_token=member.resume_token,
                 session_token=member.session_token,
+                resumed=resumed,
                 ref=message.id,
             )
         )
-        hub.broadcast(
-            member.room,
-            PeerJoined(peer_id=member.peer_id, name=member.name),
-            exclude=member.peer_id,
-        )
+        if announce:
+            hub.broadcast(
+                member.room,
+                PeerJoined(peer_id=member.peer_id, name=member.name),
+                exclude=member.peer_id,
+            )
         log.info(
-            "%s (%r) joined room %r from %s; %d in the room",
+            "%s (%r) %s room %r from %s; %d in the room",
             member.peer_id,
             member.name,
+            "resumed in" if resumed else "joined",
             member.room,
             self._remote,
             len(others) + 1,
         )
 
     def _depart(self, reason: str) -> None:
-        member = self._member
-        if member is None:
-            return
-        self._member = None
-        self._hub.leave(member.peer_id)
-        # On shutdown everyone is going and the 1001 close says it all: no peer_left storm, and
-        # calls stay as stored (the next start ends them relay_restart, not last_left).
-        if not self._hub.closing:
-            self._hub.broadcast(member.room, PeerLeft(peer_id=member.peer_id, reason=reason))
-            self._hub.calls.peer_gone(member.peer_id)
-        log.info("%s left room %r (%s)", member.peer_id, member.room, reason)
+        member, self._member = self._member, None
+        if member is not None:
+            self._hub.depart(member.peer_id, reason)
 
     def _relay(
         self,

@@ -196,6 +196,9 @@ class Welcome:
     resume_token: str
     #: Bearer token for the REST call API, acting as this peer while its socket is joined.
     session_token: str | None = None
+    #: Only when the ``join`` carried a ``resume_token``: whether it gave the peer its id back
+    #: (``false``: the token was not honoured and this is a new peer).
+    resumed: bool | None = None
     protocol: int = PROTOCOL_VERSION
     ref: MessageId | None = None
 
@@ -211,7 +214,8 @@ class PeerJoined:
 class PeerLeft:
     type: ClassVar[str] = "peer_left"
     peer_id: str
-    #: ``left`` (sent ``leave``) or ``disconnected`` (the socket dropped).
+    #: ``left`` (sent ``leave``), ``disconnected`` (the socket dropped; no resume grace) or
+    #: ``timeout`` (the socket dropped and the peer did not resume within the grace).
     reason: str
 
 

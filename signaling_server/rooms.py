@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from .protocol import ErrorCode, PeerInfo, ProtocolError
 
 PEER_ID_PREFIX = "p_"
+
+#: Makes a member's resume token from (room, peer_id, name); the relay signs them (``resume``).
+TokenIssuer = Callable[[str, str, str], str]
 
 
 def new_peer_id() -> str:
@@ -53,10 +57,11 @@ class Member:
 class Rooms:
     """All rooms of one relay; a room exists while it has at least one member."""
 
-    def __init__(self, *, max_peers_per_room: int) -> None:
+    def __init__(self, *, max_peers_per_room: int, issue_token: TokenIssuer | None = None) -> None:
         if max_peers_per_room < 1:
             raise ValueError("max_peers_per_room must be at least 1")
         self._max_peers = max_peers_per_room
+        self._issue_token = issue_token or (lambda _room, _peer, _name: new_resume_token())
         self._members: dict[str, Member] = {}
         # room -> peer_id -> Member; dicts keep join order, so lists come out oldest first.
         self._rooms: dict[str, dict[str, Member]] = {}
@@ -70,31 +75,47 @@ class Rooms:
     def peer_count(self) -> int:
         return len(self._members)
 
-    def join(self, room: str, name: str | None = None) -> Member:
+    def join(self, room: str, name: str | None = None, *, peer_id: str | None = None) -> Member:
         """Add a new peer to ``room`` (the name defaults to its peer id).
 
-        Raises ``ProtocolError(rate_limited)`` when the room is full: capacity, like a rate, is a
-        limit the client may retry against later.
+        ``peer_id`` restores a known id (a resume after a relay restart); ``ValueError`` if that id
+        is taken. Raises ``ProtocolError(rate_limited)`` when the room is full: capacity, like a
+        rate, is a limit the client may retry against later.
         """
+        if peer_id is not None and peer_id in self._members:
+            raise ValueError(f"peer id {peer_id!r} is taken")
         members = self._rooms.get(room)
         if members is not None and len(members) >= self._max_peers:
             raise ProtocolError(
                 ErrorCode.RATE_LIMITED,
                 f"room {room!r} is full ({self._max_peers} peers); try again later",
             )
-        peer_id = new_peer_id()
-        while peer_id in self._members:  # 48 random bits: a clash is rare but cheap to rule out
-            peer_id = new_peer_id()
+        while peer_id is None or peer_id in self._members:
+            peer_id = new_peer_id()  # 48 random bits: a clash is rare but cheap to rule out
+        name = peer_id if name is None else name
         member = Member(
             peer_id=peer_id,
-            name=peer_id if name is None else name,
+            name=name,
             room=room,
-            resume_token=new_resume_token(),
+            resume_token=self._issue_token(room, peer_id, name),
             session_token=new_session_token(),
         )
         self._members[peer_id] = member
         self._sessions[_token_key(member.session_token)] = member
         self._rooms.setdefault(room, {})[peer_id] = member
+        return member
+
+    def renew(self, peer_id: str, name: str | None = None) -> Member:
+        """A resumed member: a fresh resume token and, if given, a new name (``KeyError`` if gone).
+
+        The session token stays: REST clients holding it carry on across the resume.
+        """
+        old = self._members[peer_id]
+        name = old.name if name is None else name
+        member = replace(old, name=name, resume_token=self._issue_token(old.room, peer_id, name))
+        self._members[peer_id] = member
+        self._sessions[_token_key(member.session_token)] = member
+        self._rooms[member.room][peer_id] = member  # an existing key keeps its (join) position
         return member
 
     def leave(self, peer_id: str) -> Member | None:

@@ -15,7 +15,13 @@ from .protocol import (
     Welcome,
     dump_message,
 )
-from .rooms import new_peer_id, new_resume_token, new_session_token
+from .resume import ResumeTokens
+from .rooms import new_peer_id, new_session_token
+
+#: The grace a dropped peer gets to resume before the room hears ``peer_left`` (``callbot serve``).
+DEFAULT_RESUME_GRACE_S = 20.0
+#: A configured secret shorter than this is refused (it signs resume tokens).
+MIN_SECRET_LENGTH = 16
 
 #: Below this a ``welcome`` for a lone peer would hardly fit; nobody needs a smaller cap.
 MIN_MESSAGE_BYTES = 4096
@@ -44,6 +50,14 @@ class ServerSettings:
     db_path: str | None = None
     #: A call nobody answers within this many seconds ends ``no_answer``.
     ring_timeout_s: float = 90.0
+    #: A peer whose socket drops without ``leave`` stays in its room, "away", this long: it may
+    #: resume (same peer id, no churn) before the room hears ``peer_left`` (``timeout``) and its
+    #: calls go on without it. 0 = no grace (``peer_left`` ``disconnected`` at once), the library
+    #: default; ``callbot serve`` uses :data:`DEFAULT_RESUME_GRACE_S`.
+    resume_grace_s: float = 0.0
+    #: Signs resume tokens. ``None``: a secret kept in the database at ``db_path`` (so tokens
+    #: survive restarts), or a random one per process without a database (they do not).
+    secret: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
@@ -102,6 +116,22 @@ class ServerSettings:
             raise ValueError(
                 f"ring_timeout_s must be a positive number, got {self.ring_timeout_s!r}"
             )
+        if (
+            isinstance(self.resume_grace_s, bool)
+            or not isinstance(self.resume_grace_s, int | float)
+            or not math.isfinite(self.resume_grace_s)
+            or self.resume_grace_s < 0
+        ):
+            raise ValueError(
+                "resume_grace_s must be a finite number of seconds >= 0 (0 = no grace), "
+                f"got {self.resume_grace_s!r}"
+            )
+        if self.secret is not None and (
+            not isinstance(self.secret, str) or len(self.secret) < MIN_SECRET_LENGTH
+        ):
+            raise ValueError(
+                f"secret must be a string of at least {MIN_SECRET_LENGTH} characters, or None"
+            )
         worst = worst_case_welcome_bytes(self.ice_servers, self.max_peers_per_room)
         if worst > self.max_message_bytes:
             raise ValueError(
@@ -121,13 +151,16 @@ def worst_case_welcome_bytes(ice_servers: tuple[IceServerInfo, ...], max_peers: 
     """
     wide = "\U0001f600"  # outside the BMP: dumped as a 12-byte surrogate-pair escape
     peer_id = new_peer_id()
+    room, name = wide * MAX_ROOM_LENGTH, wide * MAX_NAME_LENGTH
+    token = ResumeTokens(b"\0" * 32).issue(room=room, peer_id=peer_id, name=name, now=1e12 / 3)
     welcome = Welcome(
         peer_id=peer_id,
-        room=wide * MAX_ROOM_LENGTH,
-        peers=[PeerInfo(peer_id=peer_id, name=wide * MAX_NAME_LENGTH)] * (max_peers - 1),
+        room=room,
+        peers=[PeerInfo(peer_id=peer_id, name=name)] * (max_peers - 1),
         ice_servers=list(ice_servers),
-        resume_token=new_resume_token(),
+        resume_token=token,
         session_token=new_session_token(),
+        resumed=True,
         ref=wide * MAX_ID_LENGTH,
     )
     return len(dump_message(welcome).encode("utf-8"))
