@@ -19,7 +19,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Impairment", "ImpairmentHandle", "ImpairmentStats", "impair", "impair_protocols"]
+__all__ = [
+    "DatagramSender",
+    "ImpairedTransport",
+    "Impairment",
+    "ImpairmentHandle",
+    "ImpairmentStats",
+    "ice_protocols",
+    "impair",
+    "impair_protocols",
+]
 
 _Addr = Any  # whatever the wrapped transport's sendto accepts
 
@@ -111,7 +120,9 @@ class ImpairmentStats:
     per_burst: list[int] = field(default_factory=list)  # lengths of finished loss bursts
 
 
-class _HasTransport(Protocol):
+class DatagramSender(Protocol):
+    """A datagram protocol that sends through its ``transport`` attribute (aioice's does)."""
+
     transport: asyncio.DatagramTransport
 
 
@@ -230,7 +241,7 @@ class _Engine:
         self.held.clear()
 
 
-class _ImpairedTransport(asyncio.DatagramTransport):
+class ImpairedTransport(asyncio.DatagramTransport):
     """Stands in for one socket's transport; only ``sendto`` differs."""
 
     def __init__(self, real: asyncio.DatagramTransport, engine: _Engine) -> None:
@@ -266,7 +277,7 @@ class _ImpairedTransport(asyncio.DatagramTransport):
 class ImpairmentHandle:
     """A live impairment on some sockets; ``set`` changes it, ``remove`` restores them."""
 
-    def __init__(self, protocols: list[_HasTransport], engine: _Engine) -> None:
+    def __init__(self, protocols: list[DatagramSender], engine: _Engine) -> None:
         self._protocols = protocols
         self._engine = engine
         self._removed = False
@@ -304,7 +315,7 @@ class ImpairmentHandle:
         self._removed = True
         for protocol in self._protocols:
             current = protocol.transport
-            if isinstance(current, _ImpairedTransport) and current._engine is self._engine:
+            if isinstance(current, ImpairedTransport) and current._engine is self._engine:
                 protocol.transport = current.real
         self._engine.cancel()
 
@@ -316,7 +327,7 @@ class ImpairmentHandle:
 
 
 def impair_protocols(
-    protocols: Iterable[_HasTransport], impairment: Impairment
+    protocols: Iterable[DatagramSender], impairment: Impairment
 ) -> ImpairmentHandle:
     """Impair what each of ``protocols`` sends through its ``.transport`` (a datagram transport).
 
@@ -327,20 +338,20 @@ def impair_protocols(
         raise TypeError(f"expected an Impairment, got {type(impairment).__name__}")
     loop = asyncio.get_running_loop()
     engine = _Engine(loop, impairment)
-    wrapped: list[_HasTransport] = []
+    wrapped: list[DatagramSender] = []
     for protocol in protocols:
         current = protocol.transport
-        if isinstance(current, _ImpairedTransport):
+        if isinstance(current, ImpairedTransport):
             raise RuntimeError(f"{protocol!r} is already impaired; remove that handle first")
-        protocol.transport = _ImpairedTransport(current, engine)
+        protocol.transport = ImpairedTransport(current, engine)
         wrapped.append(protocol)
     return ImpairmentHandle(wrapped, engine)
 
 
-def _ice_protocols(pc: Any) -> list[_HasTransport]:
+def ice_protocols(pc: Any) -> list[DatagramSender]:
     """Every aioice ``StunProtocol`` (one per local socket) of ``pc``'s ICE transports.
 
-    Path (aiortc 1.16 / aioice 0.10+): ``pc.getTransceivers()[i].sender.transport``
+    Path (aiortc 1.16.0 / aioice 0.13.0): ``pc.getTransceivers()[i].sender.transport``
     (RTCDtlsTransport) ``.transport`` (RTCIceTransport) ``._connection`` (aioice Connection)
     ``._protocols``; plus ``pc.sctp.transport.transport`` for data channels.
     """
@@ -363,7 +374,7 @@ def _ice_protocols(pc: Any) -> list[_HasTransport]:
                 "aiortc/aioice internals changed; see docs/impairment.md"
             )
         connections[id(connection)] = connection
-    protocols: dict[int, _HasTransport] = {}
+    protocols: dict[int, DatagramSender] = {}
     for connection in connections.values():
         for protocol in connection._protocols:
             if not isinstance(getattr(protocol, "transport", None), asyncio.BaseTransport):
@@ -379,7 +390,7 @@ def impair(pc: Any, impairment: Impairment) -> ImpairmentHandle:
     sockets created later are not covered. Only ``pc``'s own sends are affected: impair both
     ends for loss in both directions.
     """
-    protocols = _ice_protocols(pc)
+    protocols = ice_protocols(pc)
     if not protocols:
         raise RuntimeError("the peer connection has no ICE sockets yet; impair it once connected")
     return impair_protocols(protocols, impairment)

@@ -12,10 +12,18 @@ from itertools import pairwise
 from typing import cast
 
 import pytest
+from aiortc import RTCPeerConnection
 
 from media import PatternVideoTrack, read_stamp
 from peer import Participant, ParticipantConfig, RemoteTrack
-from peer.impair import Impairment, ImpairmentHandle, impair, impair_protocols
+from peer.impair import (
+    ImpairedTransport,
+    Impairment,
+    ImpairmentHandle,
+    ice_protocols,
+    impair,
+    impair_protocols,
+)
 from signaling_server import RunningServer
 
 # ---------------------------------------------------------------- local sockets
@@ -256,6 +264,15 @@ def test_invalid_arguments(kwargs: dict[str, object], message: str) -> None:
 # ---------------------------------------------------------------- real calls
 
 
+async def test_impair_needs_a_connected_pc() -> None:
+    pc = RTCPeerConnection()
+    try:
+        with pytest.raises(RuntimeError, match="no ICE sockets"):
+            impair(pc, Impairment(loss=0.1))
+    finally:
+        await pc.close()
+
+
 def config(relay: RunningServer, name: str) -> ParticipantConfig:
     return ParticipantConfig(room="imp", server_url=relay.ws_url, name=name)
 
@@ -307,8 +324,14 @@ async def impaired_call(
                     await asyncio.sleep(0.1)
             a_link, b_link = alice.link(bob.peer_id), bob.link(alice.peer_id)
             assert a_link is not None and b_link is not None
+            a_socks, b_socks = ice_protocols(a_link.pc), ice_protocols(b_link.pc)
+            assert a_socks and b_socks and not {id(p) for p in a_socks} & {id(p) for p in b_socks}
             with impair(a_link.pc, first) as a_handle, impair(b_link.pc, second) as b_handle:
+                # Every ICE socket of each pc, and only those, sends through the hook.
+                for p in a_socks + b_socks:
+                    assert isinstance(p.transport, ImpairedTransport)
                 yield got, a_handle, b_handle, video
+            assert not any(isinstance(p.transport, ImpairedTransport) for p in a_socks + b_socks)
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
