@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .protocol import (
     MAX_ID_LENGTH,
@@ -57,7 +57,7 @@ class ServerSettings:
     resume_grace_s: float = 0.0
     #: Signs resume tokens. ``None``: a secret kept in the database at ``db_path`` (so tokens
     #: survive restarts), or a random one per process without a database (they do not).
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
