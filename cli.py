@@ -58,6 +58,7 @@ from peer import (
 from peer.tracks import TrackPump
 from signaling_server import ServerSettings, start_server
 from signaling_server.protocol import CallInfo, CallStatus
+from signaling_server.settings import DEFAULT_RESUME_GRACE_S
 
 logger = logging.getLogger("callbot")
 
@@ -82,6 +83,16 @@ def _size(text: str) -> tuple[int, int]:
     if w < 16 or h < 16 or w % 2 or h % 2:
         raise argparse.ArgumentTypeError("canvas sides must be even and at least 16")
     return w, h
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError("must be a finite number of at least zero")
+    return value
 
 
 def _positive(text: str) -> float:
@@ -454,6 +465,8 @@ async def _serve(args: argparse.Namespace) -> int:
             max_peers_per_room=args.max_room_size,
             db_path=args.db,
             ring_timeout_s=args.ring_timeout,
+            resume_grace_s=args.resume_grace,
+            secret=os.environ.get("CALLBOT_SECRET") or None,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -822,6 +835,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=90.0,
         metavar="SECONDS",
         help="a call nobody answers ends no_answer after this long (default 90)",
+    )
+    serve.add_argument(
+        "--resume-grace",
+        type=_non_negative,
+        default=DEFAULT_RESUME_GRACE_S,
+        metavar="SECONDS",
+        help="a peer whose connection drops may resume (same id, no churn) for this long before "
+        f"the room hears it left (default {DEFAULT_RESUME_GRACE_S:g}; 0 = at once). Resume "
+        "tokens survive a restart with --db or CALLBOT_SECRET (16+ characters)",
     )
     serve.set_defaults(func=_serve)
 

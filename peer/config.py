@@ -73,6 +73,9 @@ class ParticipantConfig:
     audio_buffer_frames: int = 25
     reconnect: Backoff | None = field(default_factory=Backoff)
     """How to reconnect after losing the relay (None: never; media links stay up anyway)."""
+    peer_linger_s: float = 20.0
+    """How long a media link survives its peer missing from a roster after a reconnect
+    (the relay's resume grace, so a relay restart does not cut media)."""
     peer_list_interval_s: float | None = 15.0
     """How often to pull the roster from the relay, to heal missed joins/leaves (None: never)."""
 
@@ -99,6 +102,8 @@ class ParticipantConfig:
             raise ConfigError("timeouts must be positive")
         if self.video_buffer_frames < 1 or self.audio_buffer_frames < 1:
             raise ConfigError("buffers must hold at least one frame")
+        if not (math.isfinite(self.peer_linger_s) and self.peer_linger_s >= 0):
+            raise ConfigError("peer_linger_s must be a finite number >= 0")
         interval = self.peer_list_interval_s
         if interval is not None and not (math.isfinite(interval) and interval > 0):
             raise ConfigError("peer_list_interval_s must be positive (or None)")

@@ -64,6 +64,9 @@ from .tracks import RemoteTrack, TrackPump
 
 logger = logging.getLogger(__name__)
 
+SESSION_TAKEN_OVER = 4001
+"""WebSocket close code: the relay handed our session to a newer connection."""
+
 
 class Participant:
     """Joins a room on the relay, publishes its tracks to every peer, yields what they send.
@@ -104,6 +107,8 @@ class Participant:
         self._state = ConnectionState(state=LinkState.CONNECTING)
         self._state_queues: set[asyncio.Queue[ConnectionState]] = set()
         self._puller: asyncio.Task[None] | None = None
+        self._lingering: dict[str, float] = {}  # peer id -> loop time its link is dropped
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -153,7 +158,7 @@ class Participant:
         if not isinstance(welcome, Welcome):
             raise CallbotError(f"the relay answered join with {welcome.type!r}")
         self._welcome = welcome
-        self._peers = {info.peer_id: info for info in welcome.peers}
+        self._replace_roster(welcome.peers)
         return welcome
 
     async def leave(self) -> None:
@@ -169,6 +174,8 @@ class Participant:
             if say_goodbye and self._welcome is not None:
                 with contextlib.suppress(CallbotError):
                     await self._signaling.send(Leave())
+            if self._linger_timer is not None:
+                self._linger_timer.cancel()
             for task in (self._router, self._puller):
                 if task is not None:
                     task.cancel()
@@ -405,6 +412,15 @@ class Participant:
             self._set_state(ConnectionState(state=LinkState.DISCONNECTED, reason=reason))
             if self._puller is not None:
                 self._puller.cancel()
+            if self._signaling.close_code == SESSION_TAKEN_OVER:
+                # Another connection resumed our session: reconnecting would take it back,
+                # and the two would keep taking it from each other.
+                self._set_state(
+                    ConnectionState(
+                        state=LinkState.CLOSED, reason="another connection took over the session"
+                    )
+                )
+                return
             if not await self._reconnect(reason):
                 return
 
@@ -480,7 +496,7 @@ class Participant:
                 logger.debug("peer list pull failed: %s", exc)
                 return  # the connection is going; the router restarts us after a reconnect
             if isinstance(reply, PeerList):
-                self._peers = {info.peer_id: info for info in reply.peers}
+                self._replace_roster(reply.peers)
                 self._sync_links()
                 self._changed.set()
 
@@ -488,8 +504,10 @@ class Participant:
         match message:
             case PeerJoined(peer_id=peer_id, name=name):
                 self._peers[peer_id] = PeerInfo(peer_id=peer_id, name=name)
+                self._lingering.pop(peer_id, None)  # back: its link carries on
             case PeerLeft(peer_id=peer_id):
                 self._peers.pop(peer_id, None)
+                self._lingering.pop(peer_id, None)
             case RelayedOffer() | RelayedAnswer() | RelayedIceCandidate():
                 sender = message.from_peer_id
                 link = self._links.get(sender)
@@ -506,17 +524,54 @@ class Participant:
             case _:
                 pass  # replies reach their requester; call state was mirrored by _observe
 
+    def _replace_roster(self, peers: Sequence[PeerInfo]) -> None:
+        """Adopt a full roster (a welcome, a peer list).
+
+        A peer missing from it while we still have a media link to it is not dropped at once:
+        after a relay restart peers come back one by one, and the link does not need the relay.
+        It lingers for ``peer_linger_s``; a ``peer_joined`` or a later roster brings it back,
+        a ``peer_left`` or the deadline ends it.
+        """
+        roster = {info.peer_id: info for info in peers}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.peer_linger_s
+        for peer_id in self._links.keys() - roster.keys():
+            if peer_id in self._peers or peer_id in self._lingering:
+                self._lingering.setdefault(peer_id, deadline)
+        for peer_id in roster:
+            self._lingering.pop(peer_id, None)
+        self._peers = roster
+        if self._lingering and self._linger_timer is None:
+            self._linger_timer = loop.call_later(
+                self.config.peer_linger_s + 0.01, self._expire_lingering
+            )
+
+    def _expire_lingering(self) -> None:
+        self._linger_timer = None
+        if self._closed:
+            return
+        now = asyncio.get_running_loop().time()
+        for peer_id, deadline in list(self._lingering.items()):
+            if deadline <= now:
+                logger.info("peer %s did not come back; closing its link", peer_id)
+                del self._lingering[peer_id]
+        if self._lingering:
+            wait = min(self._lingering.values()) - now + 0.01
+            self._linger_timer = asyncio.get_running_loop().call_later(wait, self._expire_lingering)
+        self._sync_links()
+        self._changed.set()
+
     def _wanted(self) -> set[str]:
         """Peers we should have a media connection with right now."""
         if self.config.mode is Mode.ROOM:
-            return set(self._peers)
+            return set(self._peers) | set(self._lingering)
         me = self.peer_id
         return {
             peer
             for call in self._calls.values()
             if call.joined
             for peer in call.participants
-            if peer != me and peer in self._peers
+            if peer != me and (peer in self._peers or peer in self._lingering)
         }
 
     def _sync_links(self) -> None:

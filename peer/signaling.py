@@ -62,6 +62,8 @@ class SignalingClient:
         self.state = SignalingState.NEW
         #: Why the connection ended, if it did not end by ``aclose()``.
         self.close_reason: str | None = None
+        #: The WebSocket close code the relay sent, if it closed the connection.
+        self.close_code: int | None = None
 
     async def connect(self) -> None:
         self.state = SignalingState.CONNECTING
@@ -157,6 +159,7 @@ class SignalingClient:
             with contextlib.suppress(aiohttp.ClientError, ConnectionError, RuntimeError):
                 await ws.close()
         finally:
+            self.close_code = ws.close_code
             if self.close_reason is None and self.state is SignalingState.CONNECTED:
                 self.close_reason = f"the relay closed the connection (code {ws.close_code})"
             self.state = SignalingState.CLOSED

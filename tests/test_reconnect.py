@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
+import aiohttp
 import pytest
+from aiortc.mediastreams import MediaStreamError
 
+from media import PatternVideoTrack, read_stamp
 from peer import (
     Backoff,
     ConfigError,
@@ -16,6 +21,7 @@ from peer import (
     LinkState,
     Participant,
     ParticipantConfig,
+    RemoteTrack,
 )
 from signaling_server import ServerSettings, start_server
 
@@ -78,3 +84,119 @@ async def test_without_reconnect_the_participant_says_it_is_disconnected() -> No
     finally:
         await me.aclose()
     assert me.connection.state is LinkState.CLOSED
+
+
+async def test_a_relay_restart_keeps_media_and_peer_ids(tmp_path: Path) -> None:
+    port = _free_port()
+    settings = ServerSettings(host="127.0.0.1", port=port, db_path=str(tmp_path / "relay.db"))
+    url = f"ws://127.0.0.1:{port}/ws"
+    fast = Backoff(first_s=0.05, cap_s=0.5)
+    video = PatternVideoTrack(width=160, height=120, fps=30)
+    config = {"room": "r", "server_url": url, "reconnect": fast}
+    states: list[ConnectionState] = []
+    relay = start_server(settings)
+    await relay.__aenter__()
+    try:
+        async with (
+            Participant(ParticipantConfig(name="pub", **config), video=video) as pub,  # type: ignore[arg-type]
+            Participant(ParticipantConfig(name="sub", **config)) as sub,  # type: ignore[arg-type]
+        ):
+            watcher = asyncio.create_task(_watch(sub, states))
+            ids = (pub.peer_id, sub.peer_id)
+            await sub.wait_connected(1)
+            track: RemoteTrack | None = None
+            async with asyncio.timeout(20):
+                async for incoming in sub.tracks():
+                    track = incoming
+                    break
+            assert track is not None
+            numbers: list[int] = []
+
+            async def read() -> None:
+                assert track is not None
+                with contextlib.suppress(MediaStreamError):  # the link closed: numbers stop
+                    while True:
+                        frame = await track.recv()
+                        stamp = await asyncio.to_thread(read_stamp, frame)
+                        if stamp is not None:
+                            numbers.append(stamp.frame_number)
+
+            reader = asyncio.create_task(read())
+            await _until(lambda: len(numbers) >= 5)
+
+            await relay.__aexit__(None, None, None)  # the relay goes away (1001 to everyone)
+            await _until(lambda: not sub.connection.connected and not pub.connection.connected)
+            during = len(numbers)
+            await _until(lambda: len(numbers) >= during + 15)  # media does not need the relay
+            assert sub.connection.state in (LinkState.DISCONNECTED, LinkState.RECONNECTING)
+
+            relay = start_server(settings)
+            await relay.__aenter__()
+            loop = asyncio.get_running_loop()
+            back_at = loop.time()
+            await _until(lambda: sub.connection.connected and pub.connection.connected, 10)
+            assert loop.time() - back_at <= 4.0
+            assert (pub.peer_id, sub.peer_id) == ids  # resumed, not new peers
+            assert list(sub.peers) == [pub.peer_id] and list(pub.peers) == [sub.peer_id]
+            before = len(numbers)
+            await _until(lambda: len(numbers) >= before + 10)
+            assert numbers == sorted(numbers)  # the one link carried on throughout
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        await asyncio.wait_for(watcher, 10)
+    finally:
+        await relay.__aexit__(None, None, None)
+        video.stop()
+    kinds = [s.state for s in states]
+    assert kinds[0] is LinkState.CONNECTED and kinds[-1] is LinkState.CLOSED
+    assert LinkState.DISCONNECTED in kinds and LinkState.RECONNECTING in kinds
+    assert kinds.index(LinkState.DISCONNECTED) < kinds.index(LinkState.RECONNECTING)
+    attempts = [s.attempt for s in states if s.state is LinkState.RECONNECTING]
+    assert attempts == list(range(1, len(attempts) + 1))
+
+
+async def _drop_socket(me: Participant) -> None:
+    """A transport failure as the relay sees it: our socket closes without a ``leave``."""
+    ws = me._signaling._ws
+    assert ws is not None
+    await ws.close()
+
+
+async def test_a_blip_within_the_grace_resumes_without_churn() -> None:
+    settings = ServerSettings(host="127.0.0.1", port=0, resume_grace_s=5.0)
+    async with start_server(settings) as relay:
+        fast = Backoff(first_s=0.05, cap_s=0.2)
+        cfg = {"room": "r", "server_url": relay.ws_url, "reconnect": fast}
+        async with (
+            Participant(ParticipantConfig(name="a", **cfg)) as a,  # type: ignore[arg-type]
+            Participant(ParticipantConfig(name="b", **cfg)) as b,  # type: ignore[arg-type]
+        ):
+            await _until(lambda: list(a.peers) == [b.peer_id])
+            seen: list[ConnectionState] = []
+            watcher = asyncio.create_task(_watch(b, seen))
+            b_id = b.peer_id
+            await _drop_socket(b)
+            await _until(lambda: any(s.state is LinkState.RECONNECTING for s in seen))
+            await _until(lambda: b.connection.connected and len(seen) >= 4)
+            assert b.peer_id == b_id
+            # A never saw B leave: the relay kept B's place through the blip.
+            await asyncio.sleep(0.2)
+            assert list(a.peers) == [b_id] and list(b.peers) == [a.peer_id]
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def test_a_session_taken_over_elsewhere_stops_reconnecting() -> None:
+    settings = ServerSettings(host="127.0.0.1", port=0, resume_grace_s=5.0)
+    async with start_server(settings) as relay:
+        cfg = ParticipantConfig(room="r", server_url=relay.ws_url, name="twin")
+        async with Participant(cfg) as first, aiohttp.ClientSession() as session:
+            token = first._welcome.resume_token if first._welcome else None
+            assert token is not None
+            # Another connection presents our token: the relay hands it the session.
+            async with session.ws_connect(relay.ws_url) as ws:
+                await ws.send_json({"type": "join", "room": "r", "resume_token": token})
+                welcome = await ws.receive_json(timeout=10)
+                assert welcome["type"] == "welcome" and welcome["peer_id"] == first.peer_id
+                await _until(lambda: first.connection.state is LinkState.CLOSED)
+                assert "took over" in (first.connection.reason or "")
