@@ -734,7 +734,12 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = {"compositor": "bench.compositor", "record": "bench.record", "scale": "bench.scale"}
+BENCHMARKS = {
+    "compositor": "bench.compositor",
+    "record": "bench.record",
+    "resilience": "bench.resilience",
+    "scale": "bench.scale",
+}
 
 
 def _bench(args: argparse.Namespace) -> int:

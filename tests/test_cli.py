@@ -359,3 +359,15 @@ async def test_bots_ring_answer_decline_and_history_survives_restart(tmp_path: P
 async def test_calls_for_an_unreachable_relay_is_a_one_line_error() -> None:
     code, _, err = await run("calls", "r", "--server", f"ws://127.0.0.1:{free_port()}/ws")
     assert code == 1 and err.startswith("callbot: error: cannot read call history"), err
+
+
+def test_bench_resilience_prints_recovery_times_as_json() -> None:
+    out = subprocess.run([*CALLBOT, "bench", "resilience", "--json", "--frames", "30"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["relay_restart_same_ids"] == 1.0
+    assert result["relay_outage_frames"] > 0  # media flowed while the relay was down
+    for pct in (0, 1, 5, 10):
+        assert result[f"fps_loss_{pct}"] > 0
+    assert result["loss_burst_recovery_s"] > 0 and result["relay_restart_recovery_s"] > 0
