@@ -33,6 +33,7 @@ from signaling_server.protocol import (
 from .config import IceServer
 from .errors import NegotiationError, SignalingError
 from .ice import host_candidate_policy, rtc_configuration
+from .nack import repeat_nacks
 from .tracks import RemoteTrack, TrackPump
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class PeerLink:
         self._have_remote = False
         self._worker: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._nacker: asyncio.Task[None] | None = None
         self._closed = False
         self.failed: NegotiationError | None = None
         self.pc.on("track", self._track_event)
@@ -113,6 +115,7 @@ class PeerLink:
         name = f"callbot-link-{self.remote.peer_id}"
         self._worker = asyncio.create_task(self._work(), name=name)
         self._watchdog = asyncio.create_task(self._watch(), name=f"{name}-watchdog")
+        self._nacker = asyncio.create_task(repeat_nacks(self.pc), name=f"{name}-nack")
 
     def deliver(self, message: Inbound) -> None:
         if not self._closed:
@@ -323,7 +326,7 @@ class PeerLink:
         if self._closed:
             return
         self._closed = True
-        own = [t for t in (self._worker, self._watchdog) if t is not None]
+        own = [t for t in (self._worker, self._watchdog, self._nacker) if t is not None]
         for task in own:
             task.cancel()
         # return_exceptions: whatever a task died of, closing goes on to the end.
