@@ -82,6 +82,7 @@ class PeerLink:
         send: Callable[[ClientMessage], Awaitable[None]],
         on_track: Callable[[RemoteTrack], None],
         on_change: Callable[[], None],
+        track_for: Callable[[str], RemoteTrack | None] | None = None,
     ) -> None:
         self.remote = remote
         self.offerer = is_offerer(options.local_peer_id, remote.peer_id)
@@ -90,6 +91,7 @@ class PeerLink:
         self._send = send
         self._on_track = on_track
         self._on_change = on_change
+        self._track_for = track_for
         self.configuration = rtc_configuration(options.ice_servers)
         self.pc = RTCPeerConnection(configuration=self.configuration)
         self._rings: list[Any] = []
@@ -103,6 +105,8 @@ class PeerLink:
         self._nacker: asyncio.Task[None] | None = None
         self._closed = False
         self.failed: NegotiationError | None = None
+        #: The connection itself died (ICE/DTLS), as opposed to a negotiation that failed.
+        self.lost = False
         self.pc.on("track", self._track_event)
         self.pc.on("connectionstatechange", self._state_event)
 
@@ -286,14 +290,18 @@ class PeerLink:
             if track.kind == "video"
             else self._options.audio_buffer_frames
         )
-        remote = RemoteTrack(
+        # A rebuilt connection feeds the track the user already holds (a tile freezes and
+        # resumes instead of vanishing and coming back as a new track).
+        reused = self._track_for(track.kind) if self._track_for is not None else None
+        remote = reused or RemoteTrack(
             track.kind, peer_id=self.remote.peer_id, peer_name=self.remote.name, capacity=capacity
         )
         self._remote_tracks.append(remote)
         task = asyncio.create_task(self._drain(track, remote), name=f"callbot-drain-{track.kind}")
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
-        self._on_track(remote)
+        if reused is None:
+            self._on_track(remote)
 
     async def _drain(self, source: Any, ring: RemoteTrack) -> None:
         from aiortc.mediastreams import MediaStreamError
@@ -303,14 +311,22 @@ class PeerLink:
                 ring.push(await source.recv())
         except MediaStreamError:
             pass
-        finally:
-            ring.end()
+        # No ring.end() here: a source that ends because the connection died leaves the
+        # track open for a rebuilt link; aclose() ends it when the peer is really gone.
+
+    @property
+    def has_remote(self) -> bool:
+        """Whether a remote description was applied (the link has been negotiated)."""
+        return self._have_remote
 
     def _state_event(self) -> None:
         state = self.pc.connectionState
         logger.debug("link %s: %s", self.remote.peer_id, state)
-        if state == "failed":
-            self._fail(NegotiationError(self.remote.peer_id, "ICE/DTLS connection failed"))
+        if state == "failed" or (state == "closed" and not self._closed):
+            # aioice closes the connection itself when consent to send expires (RFC 7675):
+            # a "closed" we did not ask for is a failure too.
+            self.lost = True
+            self._fail(NegotiationError(self.remote.peer_id, f"ICE/DTLS connection {state}"))
         self._on_change()
 
     def _fail(self, exc: NegotiationError) -> None:
@@ -321,8 +337,11 @@ class PeerLink:
 
     # ------------------------------------------------------------------ close
 
-    async def aclose(self) -> None:
-        """Close the peer connection, end remote tracks, stop every task. Idempotent."""
+    async def aclose(self, *, keep_tracks: bool = False) -> None:
+        """Close the peer connection, end remote tracks, stop every task. Idempotent.
+
+        ``keep_tracks``: leave the remote tracks open, for the link that replaces this one.
+        """
         if self._closed:
             return
         self._closed = True
@@ -340,8 +359,9 @@ class PeerLink:
             for task in drains:
                 task.cancel()
             await asyncio.gather(*drains, return_exceptions=True)
-            for remote in self._remote_tracks:
-                remote.end()
+            if not keep_tracks:
+                for remote in self._remote_tracks:
+                    remote.end()
 
 
 __all__ = ["LinkOptions", "PeerLink", "direction", "is_offerer"]

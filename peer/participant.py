@@ -46,7 +46,7 @@ from signaling_server.protocol import (
     Welcome,
 )
 
-from .backoff import ConnectionState, LinkState
+from .backoff import Backoff, ConnectionState, LinkState
 from .calls import Call
 from .config import IceServer, Mode, ParticipantConfig
 from .errors import (
@@ -108,6 +108,8 @@ class Participant:
         self._state_queues: set[asyncio.Queue[ConnectionState]] = set()
         self._puller: asyncio.Task[None] | None = None
         self._lingering: dict[str, float] = {}  # peer id -> loop time its link is dropped
+        self._rebuilds: dict[str, int] = {}  # peer id -> failed links in a row
+        self._rebuilding: dict[str, asyncio.Task[None]] = {}
         self._linger_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -176,6 +178,10 @@ class Participant:
                     await self._signaling.send(Leave())
             if self._linger_timer is not None:
                 self._linger_timer.cancel()
+            rebuilds = list(self._rebuilding.values())
+            for rebuild in rebuilds:
+                rebuild.cancel()
+            await asyncio.gather(*rebuilds, return_exceptions=True)
             for task in (self._router, self._puller):
                 if task is not None:
                     task.cancel()
@@ -513,6 +519,11 @@ class Participant:
                 link = self._links.get(sender)
                 if link is None and sender in self._wanted():
                     link = self._open_link(sender)
+                elif link is not None and isinstance(message, RelayedOffer) and link.has_remote:
+                    # A second offer: the remote side rebuilt its connection (ICE failed
+                    # there first, or its link was replaced); start over with it.
+                    logger.info("%s offers a new connection; replacing ours", sender)
+                    link = self._replace_link(sender)
                 if link is None:
                     logger.info(
                         "ignoring %s from %s: no media wanted with it", message.type, sender
@@ -581,12 +592,14 @@ class Participant:
         for peer_id in self._links.keys() - wanted:
             self._close_link(peer_id)
 
-    def _close_link(self, peer_id: str) -> None:
+    def _close_link(self, peer_id: str, *, keep_tracks: bool = False) -> None:
         """Close in a task of our own: cancelling the router must not cut a close in half
         (aiortc then leaves ICE tasks and sockets behind)."""
         link = self._links.pop(peer_id)
         logger.debug("closing the link to %s (%s)", peer_id, link.state)
-        task = asyncio.create_task(link.aclose(), name=f"callbot-close-{peer_id}")
+        task = asyncio.create_task(
+            link.aclose(keep_tracks=keep_tracks), name=f"callbot-close-{peer_id}"
+        )
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         task.add_done_callback(lambda _: self._changed.set())
@@ -608,7 +621,8 @@ class Participant:
             local_media=self._pumps,
             send=self._send,
             on_track=self._on_track,
-            on_change=self._changed.set,
+            on_change=lambda: self._link_changed(peer_id),
+            track_for=lambda kind: self._reusable_track(peer_id, kind),
         )
         self._links[peer_id] = link
         logger.debug("opening a link to %s (we %s)", peer_id, "offer" if link.offerer else "answer")
@@ -618,6 +632,47 @@ class Participant:
     def _on_track(self, track: RemoteTrack) -> None:
         self._all_tracks.append(track)
         self._tracks.put_nowait(track)
+
+    def _reusable_track(self, peer_id: str, kind: str) -> RemoteTrack | None:
+        """The live track of this peer and kind from a link that was rebuilt, if any."""
+        for track in reversed(self._all_tracks):
+            if track.peer_id == peer_id and track.kind == kind and not track.ended:
+                return track
+        return None
+
+    # ------------------------------------------------------------------ rebuilding links
+
+    def _link_changed(self, peer_id: str) -> None:
+        self._changed.set()
+        link = self._links.get(peer_id)
+        if link is None or self._closed:
+            return
+        if link.state == "connected":
+            self._rebuilds.pop(peer_id, None)
+        elif (
+            link.failed is not None
+            and (link.lost or peer_id in self._rebuilds)  # not for a peer's broken SDP
+            and peer_id not in self._rebuilding
+        ):
+            task = asyncio.create_task(self._rebuild(peer_id, link), name="callbot-rebuild")
+            self._rebuilding[peer_id] = task
+            task.add_done_callback(lambda _: self._rebuilding.pop(peer_id, None))
+
+    async def _rebuild(self, peer_id: str, failed: PeerLink) -> None:
+        """aiortc has no ICE restart: a failed connection is replaced by a new one, after a
+        backoff delay (per peer; reset once a link connects). The remote tracks carry on."""
+        attempt = self._rebuilds.get(peer_id, 0) + 1
+        self._rebuilds[peer_id] = attempt
+        backoff = self.config.reconnect or Backoff()
+        await asyncio.sleep(backoff.delay(attempt))
+        if self._closed or self._links.get(peer_id) is not failed or peer_id not in self._wanted():
+            return
+        logger.info("rebuilding the link to %s (attempt %d): %s", peer_id, attempt, failed.failed)
+        self._replace_link(peer_id)
+
+    def _replace_link(self, peer_id: str) -> PeerLink:
+        self._close_link(peer_id, keep_tracks=True)
+        return self._open_link(peer_id)
 
 
 __all__ = ["NegotiationError", "Participant"]
