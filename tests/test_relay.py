@@ -99,7 +99,8 @@ Connect = Callable[[], Awaitable[Client]]
 
 @pytest.fixture
 async def server() -> AsyncIterator[RunningServer]:
-    async with start_server(ServerSettings(port=0)) as running:
+    # No resume grace: these tests are about what the room sees the moment a socket goes.
+    async with start_server(ServerSettings(port=0, resume_grace_s=0)) as running:
         yield running
 
 
@@ -274,7 +275,7 @@ class FakeSocket:
 
 
 async def test_sending_to_a_closing_socket_does_not_disturb_the_sender() -> None:
-    hub = Hub(ServerSettings(port=0))
+    hub = Hub(ServerSettings(port=0, resume_grace_s=0))
     request: Any = types.SimpleNamespace(transport=None, remote="test")
     closing, sender = FakeSocket(closing=True), FakeSocket(closing=False)
     tasks = [
@@ -308,7 +309,7 @@ async def test_sending_to_a_closing_socket_does_not_disturb_the_sender() -> None
 
 
 async def test_peer_missing_heartbeats_is_dropped() -> None:
-    settings = ServerSettings(port=0, heartbeat_s=0.2)
+    settings = ServerSettings(port=0, heartbeat_s=0.2, resume_grace_s=0)
     async with start_server(settings) as running, aiohttp.ClientSession() as session:
         # autoping=False: this client never answers the relay's pings (it sees them instead).
         mute = Client(await session.ws_connect(running.ws_url, autoping=False))
@@ -656,7 +657,7 @@ async def test_sdp_is_not_logged_at_info(
 
 
 async def test_peer_that_does_not_read_is_dropped() -> None:
-    settings = ServerSettings(port=0, max_send_queue_bytes=MAX_MESSAGE_BYTES)
+    settings = ServerSettings(port=0, max_send_queue_bytes=MAX_MESSAGE_BYTES, resume_grace_s=0)
     async with start_server(settings) as running:
         async for connect in _connector(running.ws_url):
             a, slow, c = await _joined(connect, "r", "a", "slow", "c")

@@ -362,8 +362,7 @@ async def test_a_killed_callbot_join_leaves_after_the_grace_a_stopped_one_at_onc
 
 
 def test_grace_settings_are_validated() -> None:
-    assert ServerSettings().resume_grace_s == 0.0  # the library default; the CLI uses 20 s
-    assert DEFAULT_RESUME_GRACE_S == 20.0
+    assert ServerSettings().resume_grace_s == DEFAULT_RESUME_GRACE_S == 20.0
     assert ServerSettings(resume_grace_s=0.25).resume_grace_s == 0.25
     for bad in (-1, float("nan"), float("inf"), True, "5"):
         with pytest.raises(ValueError, match="resume_grace_s"):
