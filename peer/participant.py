@@ -17,15 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import quote, urlsplit, urlunsplit
 
+import aiohttp
 from aiortc import MediaStreamTrack
 
 from signaling_server.protocol import (
+    CallEvent,
     CallInfo,
     CallState,
     CallStatus,
@@ -39,11 +43,13 @@ from signaling_server.protocol import (
     PeerJoined,
     PeerLeft,
     PeerList,
+    ProtocolError,
     RelayedAnswer,
     RelayedIceCandidate,
     RelayedOffer,
     StartCall,
     Welcome,
+    parse_message,
 )
 
 from .backoff import Backoff, ConnectionState, LinkState
@@ -483,8 +489,67 @@ class Participant:
                 for peer_id in list(self._links):
                     self._close_link(peer_id)
             logger.info("rejoined room %r as %s", welcome.room, welcome.peer_id)
+            await self._resync_calls()
             self._set_state(ConnectionState(state=LinkState.CONNECTED))
             return True
+
+    async def _resync_calls(self) -> None:
+        """Calls may have moved on while we were away (their ``call_state`` messages were not
+        delivered): read the room's recent calls from the relay's REST API and bring our
+        mirrors up to date, as if the missed messages had arrived."""
+        parts = urlsplit(self.config.server_url)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        path = f"/rooms/{quote(self.config.room, safe='')}/calls"
+        url = urlunsplit((scheme, parts.netloc, path, "limit=50", ""))
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    url, timeout=aiohttp.ClientTimeout(total=self.config.connect_timeout_s)
+                ) as response,
+            ):
+                body = await response.json(content_type=None)
+            items = body["calls"] if response.status == 200 else []
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("could not resync calls after reconnecting: %s", exc)
+            return
+        me = self.peer_id
+        for item in items if isinstance(items, list) else []:
+            try:
+                self._resync_call(item, me)
+            except (ProtocolError, KeyError, TypeError) as exc:
+                logger.warning("ignoring a call the relay listed: %s", exc)
+        self._sync_links()
+        self._changed.set()
+
+    def _resync_call(self, item: dict[str, Any], me: str) -> None:
+        known = self._calls.get(item["call_id"])
+        involved = me in item["participants"] or me in item["targets"]
+        if known is None and not involved:
+            return
+        if known is not None and known.info.status is CallStatus.ENDED:
+            return
+        if item["status"] == CallStatus.ENDED:
+            event = CallEvent.CALL_ENDED
+        elif known is None:
+            event = CallEvent.CALL_STARTED
+        elif len(item["participants"]) < len(known.info.participants):
+            event = CallEvent.PARTICIPANT_LEFT
+        else:
+            event = CallEvent.PARTICIPANT_JOINED
+        frame = json.dumps({"type": "call_state", "event": event, "call": item})
+        state = parse_message(frame, origin="server")
+        if known is not None and known.info == state.call:
+            return
+        self._observe(state)
+        ringing_us = (
+            state.call.status is CallStatus.RINGING
+            and me in state.call.targets
+            and me not in state.call.participants
+            and me not in state.call.declined_by
+        )
+        if known is None and ringing_us:
+            self._invites.put_nowait(self._calls[state.call.call_id])
 
     def _start_puller(self) -> None:
         interval = self.config.peer_list_interval_s

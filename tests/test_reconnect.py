@@ -200,3 +200,25 @@ async def test_a_session_taken_over_elsewhere_stops_reconnecting() -> None:
                 assert welcome["type"] == "welcome" and welcome["peer_id"] == first.peer_id
                 await _until(lambda: first.connection.state is LinkState.CLOSED)
                 assert "took over" in (first.connection.reason or "")
+
+
+async def test_a_call_that_ended_while_away_is_seen_ended_after_resuming() -> None:
+    settings = ServerSettings(host="127.0.0.1", port=0, resume_grace_s=10.0)
+    async with start_server(settings) as relay:
+        fast = Backoff(first_s=0.5, cap_s=0.5, jitter=False)  # away long enough to miss it
+        cfg = {"room": "r", "server_url": relay.ws_url, "reconnect": fast}
+        async with (
+            Participant(ParticipantConfig(name="a", **cfg)) as a,  # type: ignore[arg-type]
+            Participant(ParticipantConfig(name="b", **cfg)) as b,  # type: ignore[arg-type]
+        ):
+            await _until(lambda: list(a.peers) == [b.peer_id])
+            call = await a.start_call([b.peer_id])
+            await _until(lambda: call.call_id in b.calls)
+            await b.calls[call.call_id].accept()
+            await _until(lambda: b.calls[call.call_id].status.value == "active")
+            await _drop_socket(b)
+            await _until(lambda: not b.connection.connected)
+            await call.end()  # b is away: its call_state is never delivered
+            await _until(lambda: b.connection.connected)
+            assert b.calls[call.call_id].status.value == "ended"
+            assert b.calls[call.call_id].info.reason == call.info.reason
