@@ -49,6 +49,7 @@ from peer import (
     CallbotError,
     ConfigError,
     ConnectError,
+    LinkState,
     Mode,
     Participant,
     ParticipantConfig,
@@ -507,7 +508,7 @@ async def _join(args: argparse.Namespace) -> int:
         ]
         if calling:
             stoppers.append(asyncio.create_task(_place_call(me, args.call), name="callbot-call"))
-        jobs = list(stoppers)
+        jobs = [*stoppers, asyncio.create_task(_say_connection(me), name="callbot-conn")]
         if args.answer:
             jobs.append(asyncio.create_task(_answer(me, args.answer), name="callbot-answer"))
         tasks.push_async_callback(_cancel, jobs)
@@ -519,6 +520,23 @@ async def _join(args: argparse.Namespace) -> int:
             if recorder is not None:
                 print((await recorder.aclose()).line(), flush=True)
     return 0
+
+
+async def _say_connection(me: Participant, progress: _Progress | None = None) -> None:
+    """One line per change of the relay connection (media goes on while it is away)."""
+    first = True
+    async for state in me.connection_states():
+        if first:
+            first = False
+            continue
+        text = f"relay: {state.state}"
+        if state.state is LinkState.RECONNECTING:
+            text += f" (attempt {state.attempt})"
+        elif state.reason and state.state is not LinkState.CONNECTED:
+            text += f" ({state.reason})"
+        if progress is not None:
+            progress.done()  # end the live line so this one stands on its own
+        print(text, flush=True)
 
 
 async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
@@ -587,10 +605,11 @@ async def _record(args: argparse.Namespace) -> int:
         print(f"recording room {args.room!r} as {me.peer_id} to {output}", flush=True)
         await recorder.start(me)
         reporter = asyncio.create_task(_report_recording(recorder, progress), name="callbot-prog")
+        watcher = asyncio.create_task(_say_connection(me, progress), name="callbot-conn")
         try:
             await _until_stopped(args.stopper, args.duration)
         finally:
-            await _cancel([reporter])
+            await _cancel([reporter, watcher])
             progress.done()
             summary = await recorder.aclose()
             print(summary.line(), flush=True)

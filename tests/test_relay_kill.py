@@ -121,3 +121,40 @@ async def test_killing_the_relay_mid_call_cuts_no_media_and_peers_resume(tmp_pat
     for prev, nxt in itertools.pairwise(tries):
         gap = nxt.since - prev.since
         assert 0 <= gap <= backoff.ceiling(prev.attempt) + 1.0, (prev, nxt)
+
+
+async def test_callbot_join_says_when_the_relay_goes_and_comes_back(tmp_path: Path) -> None:
+    port, db = free_port(), tmp_path / "relay.db"
+    url = f"ws://127.0.0.1:{port}/ws"
+    async with contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(relay_process(port, db))
+        bot = await asyncio.create_subprocess_exec(
+            *CALLBOT, "join", "r", "--server", url, "--name", "bot", "--source", "none",
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        assert bot.stdout is not None
+        lines: list[str] = []
+
+        async def read_line() -> str:
+            assert bot.stdout is not None
+            async with asyncio.timeout(30):
+                line = (await bot.stdout.readline()).decode().strip()
+            lines.append(line)
+            return line
+
+        try:
+            assert (await read_line()).startswith("joined room 'r' as ")
+            peer_id = lines[0].split(" as ")[1].split()[0]
+            first.kill()
+            await first.wait()
+            assert (await read_line()).startswith("relay: disconnected")
+            assert await read_line() == "relay: reconnecting (attempt 1)"
+            await stack.enter_async_context(relay_process(port, db))
+            while (line := await read_line()) != "relay: connected":
+                assert line.startswith("relay: reconnecting (attempt "), lines
+            async with Participant(ParticipantConfig(room="r", server_url=url)) as probe:
+                assert list(probe.peers) == [peer_id]  # the bot came back as itself
+        finally:
+            bot.terminate()
+            await bot.wait()
+    assert bot.returncode == 0
