@@ -23,7 +23,8 @@ RING_S = 0.3  # the short ring timeout of the no_answer tests
 
 @pytest.fixture
 async def connect() -> AsyncIterator[Connect]:
-    async with start_server(ServerSettings(port=0)) as running:
+    # No resume grace: these tests are about what a call does the moment a socket goes.
+    async with start_server(ServerSettings(port=0, resume_grace_s=0)) as running:
         async for c in _connector(running.ws_url):
             yield c
 
