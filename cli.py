@@ -27,6 +27,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohttp
 from aiortc import MediaStreamTrack
 
+from bench._report import print_result
 from media import (
     LAYOUTS,
     AudioMixer,
@@ -765,11 +766,7 @@ def _bench(args: argparse.Namespace) -> int:
     """Synchronous: a benchmark owns its event loops so setup never counts against the loop."""
     module = importlib.import_module(BENCHMARKS[args.name])
     result: dict[str, float] = module.run(args.frames)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:40s} {value:10.3f}")
+    print_result(result, as_json=args.json)
     return 0
 
 

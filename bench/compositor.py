@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import fractions
-import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from bench._report import print_result
 from media import PatternVideoTrack
 from media._yuv import planes_of
 from media.canvas import Canvas, Tile
@@ -223,11 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cv2-threads", type=int, default=None, help="cv2.setNumThreads")
     args = parser.parse_args(argv)
     result = run(args.frames, args.cv2_threads)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:40s} {value:10.3f}")
+    print_result(result, as_json=args.json)
     return 0
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import fractions
 import functools
-import json
 import queue
 import tempfile
 import time
@@ -31,6 +30,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from bench._report import print_result
 from media import PatternVideoTrack, ToneAudioTrack, _yuv
 from media._writer import Item, Writer, configure_video, open_container
 from media.recorder import VideoCodec, profile_for
@@ -177,11 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=100)
     args = parser.parse_args(argv)
     result = run(args.frames)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:40s} {value:10.3f}")
+    print_result(result, as_json=args.json)
     return 0
 
 

@@ -21,13 +21,13 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import socket
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench._report import print_result
 from media import PatternVideoTrack, read_stamp
 from peer import Backoff, Participant, ParticipantConfig, RemoteTrack
 from peer.impair import Impairment, ImpairmentHandle, impair
@@ -181,11 +181,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=150)
     args = parser.parse_args()
     result = run(args.frames)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:40s} {value:10.3f}")
+    print_result(result, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Usage: python -m bench.scale [--json] [--frames N] [--cv2-threads N]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from bench._report import print_result
 from bench.compositor import CANVAS_H, CANVAS_W, SRC_H, SRC_W, decoded_inputs
 from media._scale import resize_into
 from media._yuv import Plane, planes_of
@@ -147,11 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cv2-threads", type=int, default=None, help="cv2.setNumThreads")
     args = parser.parse_args(argv)
     result = run(args.frames, args.cv2_threads)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:40s} {value:10.3f}")
+    print_result(result, as_json=args.json)
     return 0
 
 
