@@ -32,18 +32,16 @@ Usage: python -m bench.compositor [--json] [--frames N] [--cv2-threads N]
 
 from __future__ import annotations
 
-import argparse
 import fractions
 import statistics
 import time
 from collections.abc import Sequence
 
 import av
-import cv2
 import numpy as np
 import numpy.typing as npt
 
-from bench._report import print_result
+from bench import _report
 from media import PatternVideoTrack
 from media._yuv import planes_of
 from media.canvas import Canvas, Tile
@@ -201,15 +199,10 @@ def _rotate(items: tuple[int, ...], k: int) -> tuple[int, ...]:
 
 def run(frames: int = 60, cv2_threads: int | None = None) -> dict[str, float]:
     """One flat JSON-able dict: per tile count fps, ratio, PSNR, memcpy bound; ``target_met``."""
-    previous = cv2.getNumThreads()
-    if cv2_threads is not None:
-        cv2.setNumThreads(cv2_threads)
-    try:
-        result: dict[str, float] = {"cv2_threads": float(cv2.getNumThreads())}
+    with _report.cv2_threads(cv2_threads) as threads:
+        result: dict[str, float] = {"cv2_threads": float(threads)}
         for n in TILE_COUNTS:
             result.update(measure(n, frames))
-    finally:
-        cv2.setNumThreads(previous)
     result["target_met"] = bool(
         result["ratio_16"] >= TARGET_RATIO and result["psnr_db_16"] >= TARGET_PSNR_DB
     )
@@ -217,14 +210,14 @@ def run(frames: int = 60, cv2_threads: int | None = None) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--frames", type=int, default=60, help="timed composites per side")
-    parser.add_argument("--cv2-threads", type=int, default=None, help="cv2.setNumThreads")
-    args = parser.parse_args(argv)
-    result = run(args.frames, args.cv2_threads)
-    print_result(result, as_json=args.json)
-    return 0
+    return _report.main(
+        __doc__,
+        run,
+        argv,
+        frames=60,
+        frames_help="timed composites per side",
+        with_cv2_threads=True,
+    )
 
 
 if __name__ == "__main__":

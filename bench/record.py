@@ -17,7 +17,6 @@ Usage: python -m bench.record [--json] [--frames N]
 
 from __future__ import annotations
 
-import argparse
 import fractions
 import functools
 import queue
@@ -30,7 +29,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from bench._report import print_result
+from bench import _report
 from media import PatternVideoTrack, ToneAudioTrack, _yuv
 from media._writer import Item, Writer, configure_video, open_container
 from media.recorder import VideoCodec, profile_for
@@ -172,13 +171,7 @@ def run(frames: int = 100) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--frames", type=int, default=100)
-    args = parser.parse_args(argv)
-    result = run(args.frames)
-    print_result(result, as_json=args.json)
-    return 0
+    return _report.main(__doc__, run, argv, frames=100)
 
 
 if __name__ == "__main__":

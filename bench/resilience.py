@@ -17,7 +17,6 @@ Usage: python -m bench.resilience [--json] [--frames N]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
@@ -27,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench._report import print_result
+from bench import _report
 from media import PatternVideoTrack, read_stamp
 from peer import Backoff, Participant, ParticipantConfig, RemoteTrack
 from peer.impair import Impairment, ImpairmentHandle, impair
@@ -175,14 +174,9 @@ def run(frames: int) -> dict[str, float]:
     return asyncio.run(_run(max(30, frames)))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--frames", type=int, default=150)
-    args = parser.parse_args()
-    result = run(args.frames)
-    print_result(result, as_json=args.json)
+def main(argv: list[str] | None = None) -> int:
+    return _report.main(__doc__, run, argv, frames=150, frames_help="frame periods per loss level")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

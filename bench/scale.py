@@ -24,7 +24,6 @@ Usage: python -m bench.scale [--json] [--frames N] [--cv2-threads N]
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from bench._report import print_result
+from bench import _report
 from bench.compositor import CANVAS_H, CANVAS_W, SRC_H, SRC_W, decoded_inputs
 from media._scale import resize_into
 from media._yuv import Plane, planes_of
@@ -128,27 +127,17 @@ def measure(n: int, frames: list[av.VideoFrame], rounds: int) -> dict[str, float
 def run(frames: int = 20, cv2_threads: int | None = None) -> dict[str, float]:
     """One flat JSON-able dict; ``frames`` is the number of timed rounds (48 tiles each)."""
     inputs = [f for group in decoded_inputs(_INPUTS) for f in group]
-    previous = cv2.getNumThreads()
-    if cv2_threads is not None:
-        cv2.setNumThreads(cv2_threads)
-    try:
-        result: dict[str, float] = {"cv2_threads": float(cv2.getNumThreads())}
+    with _report.cv2_threads(cv2_threads) as threads:
+        result: dict[str, float] = {"cv2_threads": float(threads)}
         for n in TILE_COUNTS:
             result.update(measure(n, inputs, max(1, frames)))
-    finally:
-        cv2.setNumThreads(previous)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--frames", type=int, default=20, help="timed rounds of 48 tiles")
-    parser.add_argument("--cv2-threads", type=int, default=None, help="cv2.setNumThreads")
-    args = parser.parse_args(argv)
-    result = run(args.frames, args.cv2_threads)
-    print_result(result, as_json=args.json)
-    return 0
+    return _report.main(
+        __doc__, run, argv, frames=20, frames_help="timed rounds of 48 tiles", with_cv2_threads=True
+    )
 
 
 if __name__ == "__main__":
