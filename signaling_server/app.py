@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import WSCloseCode, web
 
@@ -31,14 +33,29 @@ SETTINGS_KEY = web.AppKey("callbot_relay_settings", ServerSettings)
 #: How long runner cleanup waits for handlers after their sockets were closed.
 SHUTDOWN_TIMEOUT_S = 5.0
 
+#: The browser client (plain ES modules, no build step), shipped as package data.
+WEB_DIR = Path(__file__).resolve().parent / "web"
+#: Explicit types: browsers refuse ES modules not served as JavaScript, and the system's
+#: mimetypes table varies (some say ``application/javascript``, some know no ``.js`` at all).
+WEB_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+#: Flat file names only: no directories, no dot files, so nothing outside ``web/`` is reachable.
+_WEB_NAME = re.compile(r"[A-Za-z0-9_-]+\.[a-z]+")
+
 
 def create_app(settings: ServerSettings) -> web.Application:
-    """Build the relay: ``GET /ws`` (protocol v1), ``GET /healthz`` and the call API."""
+    """Build the relay: ``GET /ws`` (protocol v1), ``/healthz``, the call API and the web page."""
     app = web.Application()
     app[SETTINGS_KEY] = settings
     app[HUB_KEY] = Hub(settings)
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/", _index)
+    app.router.add_get("/web/{name}", _web_file)
     add_routes(app)
     app.cleanup_ctx.append(_call_store)
     app.on_shutdown.append(_close_websockets)
@@ -66,6 +83,25 @@ async def _call_store(app: web.Application) -> AsyncIterator[None]:
 async def _healthz(request: web.Request) -> web.Response:
     rooms = request.app[HUB_KEY].rooms
     return web.json_response({"status": "ok", "rooms": rooms.room_count, "peers": rooms.peer_count})
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    return _web_response("index.html")
+
+
+async def _web_file(request: web.Request) -> web.StreamResponse:
+    return _web_response(request.match_info["name"])
+
+
+def _web_response(name: str) -> web.StreamResponse:
+    """A file of ``web/`` with its content type; 404 for anything else (no directory listing)."""
+    path = WEB_DIR / name
+    content_type = WEB_CONTENT_TYPES.get(path.suffix)
+    if not _WEB_NAME.fullmatch(name) or content_type is None or not path.is_file():
+        raise web.HTTPNotFound(text=f"no such file: {name}")
+    # no-cache: a browser revalidates (ETag), so a new relay version never runs stale modules.
+    headers = {"Content-Type": content_type, "Cache-Control": "no-cache"}
+    return web.FileResponse(path, headers=headers)
 
 
 async def _close_websockets(app: web.Application) -> None:
