@@ -1,13 +1,17 @@
-"""Shared fixtures: a real relay on loopback; a check that no test leaves asyncio tasks behind."""
+"""Shared fixtures: a real relay on loopback; a check that no test leaves asyncio tasks behind;
+a network namespace with real Chromium in it and a relay it can reach (tests/chromium.py)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from signaling_server import RunningServer, ServerSettings, start_server
+
+from .chromium import Browser, BrowserNet, browser_namespace
 
 
 @pytest.fixture
@@ -30,3 +34,31 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
         await asyncio.sleep(0.05)
     names = sorted(t.get_name() + " " + repr(t.get_coro()) for t in leaked)
     pytest.fail(f"{len(leaked)} asyncio task(s) left pending: {names}")
+
+
+@pytest.fixture
+async def browser_net() -> AsyncIterator[BrowserNet]:
+    """A fresh namespace joined by a veth pair; fails (never skips) without ``ip netns``."""
+    async with browser_namespace() as net:
+        yield net
+
+
+@pytest.fixture
+async def net_relay(browser_net: BrowserNet) -> AsyncIterator[RunningServer]:
+    """A relay on the root side of ``browser_net``: the only host Chromium can reach."""
+    settings = ServerSettings(host=browser_net.host_addr, port=0)
+    async with start_server(settings) as server:
+        yield server
+
+
+@pytest.fixture
+async def browser(
+    browser_net: BrowserNet, net_relay: RunningServer, tmp_path: Path
+) -> AsyncIterator[Browser]:
+    """Headless Chromium inside ``browser_net``, allowed getUserMedia on ``net_relay``'s origin."""
+    async with await Browser.launch(
+        netns=browser_net.netns,
+        user_data_dir=tmp_path / "chromium-profile",
+        secure_origin=net_relay.http_url,
+    ) as chromium:
+        yield chromium
