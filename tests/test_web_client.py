@@ -9,6 +9,8 @@ traffic can only reach the relay and the other tab.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,11 +18,12 @@ from typing import Any
 import aiohttp
 import cv2
 import numpy as np
+import pytest
 
-from signaling_server import RunningServer
+from signaling_server import RunningServer, ServerSettings, start_server
 from signaling_server.app import WEB_DIR
 
-from .chromium import Browser, Page
+from .chromium import Browser, BrowserNet, JavaScriptError, Page
 
 #: The issue's bar for "video flows": frames decoded from the other side.
 MIN_FRAMES = 60
@@ -223,3 +226,58 @@ async def test_call_mode_links_only_during_a_call(
         await page.wait_for("window.callbot.peers().length === 0")
         await page.wait_for("document.querySelectorAll('.remote').length === 0")
     await assert_no_page_errors(alice, bob)
+
+    # A command the relay refuses shows in the page and in window.callbot.errors.
+    with pytest.raises(JavaScriptError, match="unknown_peer"):
+        await alice.evaluate("window.callbot.startCall(['p_000000000000'])")
+    errors = await alice.wait_for("window.callbot.errors.length > 0 && window.callbot.errors")
+    assert len(errors) == 1
+    assert "unknown_peer" in errors[0]
+    assert "unknown_peer" in await alice.evaluate("document.querySelector('#errors').textContent")
+    assert_quiet(alice)
+
+
+async def test_pages_resume_after_a_relay_restart(browser_net: BrowserNet, tmp_path: Path) -> None:
+    """The relay goes away (1001) and comes back on the same address: both pages reconnect,
+    resume their peer ids with their resume tokens, and their media link never stops."""
+    settings = ServerSettings(host=browser_net.host_addr, port=0, secret="s" * 32)
+    async with contextlib.AsyncExitStack() as stack:
+        first = contextlib.AsyncExitStack()
+        stack.push_async_callback(first.aclose)
+        relay = await first.enter_async_context(start_server(settings))
+        chromium = await stack.enter_async_context(
+            await Browser.launch(
+                netns=browser_net.netns,
+                user_data_dir=tmp_path / "chromium-profile",
+                secure_origin=relay.http_url,
+            )
+        )
+        alice, alice_id, bob, bob_id = await join_pair(chromium, relay, "resume")
+        before = await wait_media(bob, alice_id)
+        # A rebuilt link would show in a new tile (and video element): mark the current ones.
+        mark = "document.querySelector('.remote video').dataset.mark"
+        for page in (alice, bob):
+            await page.evaluate(f"{mark} = 'before'")
+
+        await first.aclose()  # every socket closed with 1001, the port free again
+        relay_state = "document.querySelector('#relay-state').dataset.state"
+        for page in (alice, bob):
+            await page.wait_for(f"{relay_state} === 'reconnecting'")
+        again = dataclasses.replace(settings, port=relay.port)
+        await stack.enter_async_context(start_server(again))
+        for page, peer_id in ((alice, alice_id), (bob, bob_id)):
+            await page.wait_for(f"{relay_state} === 'connected'", timeout_s=30)
+            assert await page.evaluate("window.callbot.peerId") == peer_id
+
+        # The same link carried on: frames keep counting up from where they were.
+        frames = before["video"][0]["framesDecoded"] + MIN_FRAMES
+        await bob.wait_for(
+            f"window.callbot.stats({json.dumps(alice_id)})"
+            f".then(s => s.video[0].framesDecoded >= {frames})"
+        )
+        for page, other, name in ((alice, bob_id, "bob"), (bob, alice_id, "alice")):
+            assert await page.evaluate("window.callbot.peers()") == [
+                {"peerId": other, "name": name, "connectionState": "connected", "tracks": 2}
+            ]
+            assert await page.evaluate(mark) == "before"
+        await assert_no_page_errors(alice, bob)

@@ -17,6 +17,9 @@ const settings = {
 };
 
 const $ = (selector) => document.querySelector(selector);
+//: After a resume, a linked peer missing from the new roster keeps its link this long: after a
+//: relay restart everyone comes back one by one, and media never needed the relay anyway.
+const LINGER_MS = 20_000;
 const state = {
   signaling: null,
   peerId: null,
@@ -24,6 +27,7 @@ const state = {
   config: { iceServers: [] },
   localTracks: [], // [{track, stream}] sent to every link
   roster: new Map(), // peer id -> name (the others in the room)
+  lingering: new Map(), // peer id -> timer: linked, not in the roster, kept for a while
   links: new Map(), // peer id -> {link, tile}
   errors: [],
   messages: [],
@@ -69,6 +73,7 @@ function leave() {
   state.signaling?.close();
   state.signaling = null;
   for (const id of [...state.links.keys()]) dropLink(id);
+  for (const id of [...state.lingering.keys()]) stopLingering(id);
   state.roster.clear();
   calls.clear();
   state.peerId = null;
@@ -107,10 +112,12 @@ function onMessage(message) {
     case "welcome":
       return onWelcome(message);
     case "peer_joined":
+      stopLingering(message.peer_id);
       state.roster.set(message.peer_id, message.name);
       state.links.get(message.peer_id)?.tile.setName(message.name);
       return reconcile();
     case "peer_left":
+      stopLingering(message.peer_id);
       state.roster.delete(message.peer_id);
       return reconcile();
     case "peer_list":
@@ -133,6 +140,7 @@ function onWelcome(welcome) {
   if (!sameIdentity) {
     // A new peer (first join, or a resume the relay did not honour): every link starts over.
     for (const id of [...state.links.keys()]) dropLink(id);
+    for (const id of [...state.lingering.keys()]) stopLingering(id);
     calls.clear();
   }
   state.peerId = welcome.peer_id;
@@ -145,9 +153,24 @@ function onWelcome(welcome) {
     })),
   };
   state.roster = new Map(welcome.peers.map((p) => [p.peer_id, p.name]));
+  for (const id of state.links.keys()) {
+    if (!state.roster.has(id) && !state.lingering.has(id)) {
+      const expire = () => {
+        stopLingering(id);
+        reconcile();
+      };
+      state.lingering.set(id, setTimeout(expire, LINGER_MS));
+    }
+  }
+  for (const id of state.roster.keys()) stopLingering(id);
   $("#local .name").textContent = `${settings.name || "me"} (you, ${welcome.peer_id})`;
   if (sameIdentity) calls.resync(state.room).catch((e) => reportError(`call resync: ${e.message}`));
   reconcile();
+}
+
+function stopLingering(id) {
+  clearTimeout(state.lingering.get(id));
+  state.lingering.delete(id);
 }
 
 function onNegotiation(message) {
@@ -160,11 +183,13 @@ function onNegotiation(message) {
 
 // --- links and tiles ----------------------------------------------------------------------
 
-/** Room mode: everyone in the room. Call mode: the other participants of our active call. */
+/** Room mode: everyone in the room. Call mode: the other participants of our active call.
+ *  Either way, plus the lingering peers (linked before a resume, not back yet). */
 function wantedPeers() {
   if (!state.peerId) return new Set();
-  if (settings.mode === "room") return new Set(state.roster.keys());
-  return new Set(calls.activePartners().filter((id) => state.roster.has(id)));
+  const present = (id) => state.roster.has(id) || state.lingering.has(id);
+  if (settings.mode === "room") return new Set([...state.roster.keys(), ...state.lingering.keys()]);
+  return new Set(calls.activePartners().filter(present));
 }
 
 function reconcile() {
