@@ -14,7 +14,7 @@ from .errors import (
     WaitTimeout,
 )
 from .participant import Participant
-from .tracks import RemoteTrack
+from .tracks import DataMessage, RemoteTrack
 
 __all__ = [
     "DEFAULT_SERVER_URL",
@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectionState",
+    "DataMessage",
     "IceServer",
     "JoinRefused",
     "LinkState",

@@ -78,6 +78,11 @@ class ParticipantConfig:
     (the relay's resume grace, so a relay restart does not cut media)."""
     peer_list_interval_s: float | None = 15.0
     """How often to pull the roster from the relay, to heal missed joins/leaves (None: never)."""
+    video_codecs: tuple[str, ...] = ()
+    """Video codecs to use, most wanted first, e.g. ``("H264",)`` (empty: aiortc's order, VP8
+    first). Offers list only these; answers keep only these of what the peer offers."""
+    data_channel: bool = True
+    """Open the data channel (``send_data``/``data_messages``) on every link."""
 
     def __post_init__(self) -> None:
         _check_text("room", self.room, MAX_ROOM_LENGTH)
@@ -104,9 +109,22 @@ class ParticipantConfig:
             raise ConfigError("buffers must hold at least one frame")
         if not (math.isfinite(self.peer_linger_s) and self.peer_linger_s >= 0):
             raise ConfigError("peer_linger_s must be a finite number >= 0")
+        supported = _video_codec_names()
+        for codec in self.video_codecs:
+            if codec.lower() not in (name.lower() for name in supported):
+                raise ConfigError(
+                    f"video codec {codec!r} is not supported (choose from {', '.join(supported)})"
+                )
         interval = self.peer_list_interval_s
         if interval is not None and not (math.isfinite(interval) and interval > 0):
             raise ConfigError("peer_list_interval_s must be positive (or None)")
+
+
+def _video_codec_names() -> tuple[str, ...]:
+    from aiortc import RTCRtpSender
+
+    names = (c.mimeType.split("/", 1)[1] for c in RTCRtpSender.getCapabilities("video").codecs)
+    return tuple(dict.fromkeys(n for n in names if n.lower() != "rtx"))
 
 
 def _check_text(field: str, value: str, limit: int) -> None:

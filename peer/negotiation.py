@@ -15,9 +15,9 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 from signaling_server.protocol import (
@@ -34,14 +34,32 @@ from .config import IceServer
 from .errors import NegotiationError, SignalingError
 from .ice import host_candidate_policy, rtc_configuration
 from .nack import repeat_nacks
-from .tracks import RemoteTrack, TrackPump
+from .renegotiation import (
+    ice_ufrag,
+    keep_mapping,
+    negotiated_mapping,
+    rollback,
+    share_bundle_transport,
+)
+from .tracks import DataMessage, RemoteTrack, TrackPump
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("audio", "video")
 #: Candidates buffered before the remote description; a peer that floods them has failed.
 MAX_PENDING_CANDIDATES = 256
-Inbound = RelayedOffer | RelayedAnswer | RelayedIceCandidate
+#: Every link's one data channel, negotiated out of band (same label and id on both sides).
+DATA_CHANNEL_LABEL = "callbot"
+DATA_CHANNEL_ID = 0
+
+
+class _Renegotiate:
+    """Inbox marker: local media changed, offer again when the session is stable."""
+
+    type = "renegotiate"
+
+
+Inbound = RelayedOffer | RelayedAnswer | RelayedIceCandidate | _Renegotiate
 
 
 def is_offerer(local_peer_id: str, remote_peer_id: str) -> bool:
@@ -67,11 +85,32 @@ class LinkOptions:
     video_buffer_frames: int
     audio_buffer_frames: int
     negotiation_timeout_s: float = 30.0
+    video_codecs: tuple[str, ...] = ()
+    data_channel: bool = True
+
+
+def _preferred(codecs: Sequence[Any], names: Sequence[str]) -> list[Any]:
+    """``codecs`` (parameters or capabilities) cut down to ``names`` in that order, plus RTX
+    (for parameters: the RTX entries that point at a kept codec)."""
+    wanted = [n.lower() for n in names if n.lower() != "rtx"]
+    main = [c for n in wanted for c in codecs if c.mimeType.split("/", 1)[1].lower() == n]
+    kept = {getattr(c, "payloadType", None) for c in main}
+    rtx = [
+        c
+        for c in codecs
+        if c.mimeType.lower().endswith("/rtx") and c.parameters.get("apt", None) in kept | {None}
+    ]
+    return main + rtx
 
 
 class PeerLink:
     """The media connection to one remote peer. Inbound signaling is processed in order by one
-    task the link owns; remote tracks are drained by tasks it owns; ``aclose()`` ends them all."""
+    task the link owns; remote tracks are drained by tasks it owns; ``aclose()`` ends them all.
+
+    The first offer comes from the smaller peer id. After that either side may offer again (a
+    track added mid-call); on glare the smaller id ignores the other's offer and the larger id
+    rolls its own back (W3C "perfect negotiation").
+    """
 
     def __init__(
         self,
@@ -82,16 +121,21 @@ class PeerLink:
         send: Callable[[ClientMessage], Awaitable[None]],
         on_track: Callable[[RemoteTrack], None],
         on_change: Callable[[], None],
-        track_for: Callable[[str], RemoteTrack | None] | None = None,
+        track_for: Callable[[str, int], RemoteTrack | None] | None = None,
+        on_data: Callable[[DataMessage], None] | None = None,
     ) -> None:
         self.remote = remote
         self.offerer = is_offerer(options.local_peer_id, remote.peer_id)
         self._options = options
-        self._local = {pump.kind: pump for pump in local_media}
+        self._pumps = list(local_media)
+        self._attached: dict[TrackPump, Any] = {}  # pump -> the transceiver that sends it
+        self._needs: set[TrackPump] = set(self._pumps)  # not yet in an offer/answer of ours
+        self._in_flight: set[TrackPump] = set()  # in our offer that awaits its answer
         self._send = send
         self._on_track = on_track
         self._on_change = on_change
         self._track_for = track_for
+        self._on_data = on_data
         self.configuration = rtc_configuration(options.ice_servers)
         self.pc = RTCPeerConnection(configuration=self.configuration)
         self._rings: list[Any] = []
@@ -100,6 +144,9 @@ class PeerLink:
         self._inbox: asyncio.Queue[Inbound] = asyncio.Queue()
         self._pending_candidates: list[RelayedIceCandidate] = []
         self._have_remote = False
+        self.remote_ufrag: str | None = None
+        self.channel: Any = None
+        self._channel_open = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._nacker: asyncio.Task[None] | None = None
@@ -107,8 +154,13 @@ class PeerLink:
         self.failed: NegotiationError | None = None
         #: The connection itself died (ICE/DTLS), as opposed to a negotiation that failed.
         self.lost = False
+        #: Completed offer/answer exchanges (the first one included).
+        self.negotiations = 0
+        self._first_offer_due = True
         self.pc.on("track", self._track_event)
         self.pc.on("connectionstatechange", self._state_event)
+        if options.data_channel and self.offerer:
+            self._open_channel()
 
     @property
     def state(self) -> str:
@@ -125,16 +177,49 @@ class PeerLink:
         if not self._closed:
             self._inbox.put_nowait(message)
 
+    def add_local(self, pump: TrackPump) -> None:
+        """Send one more local track to this peer: renegotiates once the session is stable."""
+        if pump not in self._pumps:
+            self._pumps.append(pump)
+            self._needs.add(pump)
+            self.deliver(_Renegotiate())
+
+    # ------------------------------------------------------------------ data channel
+
+    def _open_channel(self) -> None:
+        channel = self.pc.createDataChannel(DATA_CHANNEL_LABEL, negotiated=True, id=DATA_CHANNEL_ID)
+        channel.on("open", self._channel_open.set)
+        channel.on("close", self._channel_open.clear)
+        channel.on("message", self._data_event)
+        self.channel = channel
+
+    def _data_event(self, data: str | bytes) -> None:
+        if self._on_data is not None:
+            self._on_data(DataMessage(self.remote.peer_id, self.remote.name, data))
+
+    @property
+    def channel_open(self) -> bool:
+        return self.channel is not None and self.channel.readyState == "open"
+
+    async def send_data(self, data: str | bytes, *, timeout_s: float) -> None:
+        """Send on the data channel once it is open (``TimeoutError`` if it does not open)."""
+        async with asyncio.timeout(timeout_s):
+            await self._channel_open.wait()
+        self.channel.send(data)
+
     # ------------------------------------------------------------------ the link's own task
 
     async def _work(self) -> None:
+        if self.offerer:
+            self.deliver(_Renegotiate())  # the first offer goes through the same handling
         try:
-            if self.offerer:
-                await self._make_offer()
             while True:
                 message = await self._inbox.get()
                 try:
-                    await self._handle(message)
+                    if not isinstance(message, _Renegotiate):
+                        await self._handle(message)
+                    if self._wants_offer():
+                        await self._make_offer()
                 except NegotiationError as exc:
                     self._fail(exc)
                 except Exception as exc:
@@ -170,8 +255,11 @@ class PeerLink:
                 raise NegotiationError(self.remote.peer_id, "an answer came without our offer")
             sdp = self._allowed_sdp(message.sdp)
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
-            self._have_remote = True
+            self._in_flight.clear()
+            self._remote_applied(sdp)
             await self._flush_candidates()
+        elif isinstance(message, _Renegotiate):
+            pass
         elif not self._have_remote:
             if len(self._pending_candidates) >= MAX_PENDING_CANDIDATES:
                 raise NegotiationError(
@@ -182,36 +270,115 @@ class PeerLink:
         else:
             await self._add_candidate(message)
 
-    async def _make_offer(self) -> None:
-        for kind in KINDS:
-            pump = self._local.get(kind)
-            wanted = direction(send=pump is not None, receive=self._options.receive)
-            if wanted == "inactive":
+    def _remote_applied(self, sdp: str) -> None:
+        self._have_remote = True
+        self.remote_ufrag = ice_ufrag(sdp)
+        if self.pc.signalingState == "stable":
+            self.negotiations += 1
+
+    def _wants_offer(self) -> bool:
+        """Our first offer is due, or a local track was added that no offer or answer of ours
+        has carried yet."""
+        if self._closed or self.pc.signalingState != "stable":
+            return False
+        if not self._have_remote:
+            return self.offerer and self._first_offer_due
+        return bool(self._needs)
+
+    def _attach(self, pump: TrackPump, transceiver: Any) -> None:
+        transceiver.sender.replaceTrack(self._subscribe(pump))
+        self._attached[pump] = transceiver
+
+    def _free_transceiver(self, kind: str) -> Any:
+        """A live transceiver of this kind with nothing of ours to send on it, if any."""
+        taken = set(map(id, self._attached.values()))
+        for transceiver in self.pc.getTransceivers():
+            free = not transceiver.stopped and id(transceiver) not in taken
+            if transceiver.kind == kind and free:
+                return transceiver
+        return None
+
+    def _prefer_codecs(self) -> None:
+        names = self._options.video_codecs
+        if not names:
+            return
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind != "video":
                 continue
-            sender_track = self._subscribe(pump) if pump is not None else kind
-            self.pc.addTransceiver(sender_track, direction=wanted)
-        if not self.pc.getTransceivers():
+            if transceiver.currentDirection is None and transceiver._codecs:
+                # Set by a remote offer; aiortc only applies preferences to its own offers.
+                transceiver._codecs = _preferred(transceiver._codecs, names) or transceiver._codecs
+            caps = RTCRtpSender.getCapabilities("video").codecs
+            transceiver.setCodecPreferences(_preferred(caps, names))
+
+    async def _make_offer(self) -> None:
+        renegotiating = self._have_remote
+        self._first_offer_due = False
+        for pump in self._pumps:
+            if pump in self._attached:
+                continue
+            transceiver = self._free_transceiver(pump.kind)
+            if transceiver is None:
+                transceiver = self.pc.addTransceiver(pump.kind, direction="sendrecv")
+                if renegotiating:
+                    await share_bundle_transport(self.pc, transceiver)
+            self._attach(pump, transceiver)
+        if not renegotiating and self._options.receive:
+            for kind in KINDS:
+                if not any(t.kind == kind for t in self.pc.getTransceivers()):
+                    self.pc.addTransceiver(kind, direction="recvonly")
+        self._set_directions()
+        self._in_flight |= self._needs
+        self._needs.clear()
+        if not self.pc.getTransceivers() and self.channel is None:
             logger.info("nothing to send or receive with %s", self.remote.peer_id)
             return
-        await self._set_local(await self.pc.createOffer())
+        self._prefer_codecs()
+        mapping = negotiated_mapping(self.pc)
+        offer = await self.pc.createOffer()
+        sdp = keep_mapping(self.pc, offer.sdp, mapping)
+        await self._set_local(RTCSessionDescription(sdp, "offer"))
         await self._send(
             Offer(target_peer_id=self.remote.peer_id, sdp=self.pc.localDescription.sdp)
         )
 
-    async def _accept_offer(self, sdp: str) -> None:
-        if self.pc.signalingState != "stable":
-            # Cannot happen with the id rule; refusing beats corrupting the session.
-            raise NegotiationError(self.remote.peer_id, "an offer arrived during our own offer")
-        await self.pc.setRemoteDescription(RTCSessionDescription(self._allowed_sdp(sdp), "offer"))
-        self._have_remote = True
+    def _set_directions(self) -> None:
+        mine = set(map(id, self._attached.values()))
         for transceiver in self.pc.getTransceivers():
-            pump = self._local.get(transceiver.kind)
-            # aiortc annotates sender.track as never None; it is None until a track is set.
-            current = cast("MediaStreamTrack | None", transceiver.sender.track)
-            if pump is not None and current is None:
-                transceiver.sender.replaceTrack(self._subscribe(pump))
-            transceiver.direction = direction(send=pump is not None, receive=self._options.receive)
+            if not transceiver.stopped:
+                transceiver.direction = direction(
+                    send=id(transceiver) in mine, receive=self._options.receive
+                )
+
+    async def _accept_offer(self, sdp: str) -> None:
+        state = self.pc.signalingState
+        if state == "have-local-offer":
+            if self.offerer:  # the impolite side: our offer stands, the peer rolls back
+                logger.info("glare with %s: keeping our offer", self.remote.peer_id)
+                return
+            logger.info("glare with %s: rolling back our offer", self.remote.peer_id)
+            rollback(self.pc)
+            self._needs |= self._in_flight  # what the rolled-back offer carried gets another go
+            self._in_flight.clear()
+        elif state != "stable":
+            raise NegotiationError(self.remote.peer_id, f"an offer arrived in state {state}")
+        sdp = self._allowed_sdp(sdp)
+        if self._options.data_channel and self.channel is None and "m=application" in sdp:
+            self._open_channel()
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+        self._have_remote = True
+        for pump in self._pumps:
+            if pump not in self._attached:
+                transceiver = self._free_transceiver(pump.kind)
+                if transceiver is not None and transceiver.mid is not None:
+                    self._attach(pump, transceiver)
+        for pump, transceiver in self._attached.items():
+            if transceiver.mid is not None:  # our answer carries it, as far as the offer allows
+                self._needs.discard(pump)
+        self._set_directions()
+        self._prefer_codecs()
         await self._set_local(await self.pc.createAnswer())
+        self._remote_applied(sdp)
         await self._flush_candidates()
         await self._send(
             Answer(target_peer_id=self.remote.peer_id, sdp=self.pc.localDescription.sdp)
@@ -292,7 +459,8 @@ class PeerLink:
         )
         # A rebuilt connection feeds the track the user already holds (a tile freezes and
         # resumes instead of vanishing and coming back as a new track).
-        reused = self._track_for(track.kind) if self._track_for is not None else None
+        index = sum(1 for r in self._remote_tracks if r.kind == track.kind)
+        reused = self._track_for(track.kind, index) if self._track_for is not None else None
         remote = reused or RemoteTrack(
             track.kind, peer_id=self.remote.peer_id, peer_name=self.remote.name, capacity=capacity
         )
@@ -364,4 +532,11 @@ class PeerLink:
                     remote.end()
 
 
-__all__ = ["LinkOptions", "PeerLink", "direction", "is_offerer"]
+__all__ = [
+    "DATA_CHANNEL_ID",
+    "DATA_CHANNEL_LABEL",
+    "LinkOptions",
+    "PeerLink",
+    "direction",
+    "is_offerer",
+]

@@ -65,13 +65,16 @@ from .errors import (
     WaitTimeout,
 )
 from .negotiation import LinkOptions, PeerLink
+from .renegotiation import ice_ufrag
 from .signaling import SignalingClient
-from .tracks import RemoteTrack, TrackPump
+from .tracks import DataMessage, RemoteTrack, TrackPump
 
 logger = logging.getLogger(__name__)
 
 SESSION_TAKEN_OVER = 4001
 """WebSocket close code: the relay handed our session to a newer connection."""
+DATA_QUEUE_MAX = 1024
+"""Data-channel messages kept for a reader that is behind; older ones are dropped."""
 
 
 class Participant:
@@ -117,6 +120,8 @@ class Participant:
         self._rebuilds: dict[str, int] = {}  # peer id -> failed links in a row
         self._rebuilding: dict[str, asyncio.Task[None]] = {}
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._data: asyncio.Queue[DataMessage | None] = asyncio.Queue()
+        self._data_dropped = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -204,6 +209,7 @@ class Participant:
             self._set_state(ConnectionState(state=LinkState.CLOSED, reason="closed"))
             self._tracks.put_nowait(None)
             self._invites.put_nowait(None)
+            self._data.put_nowait(None)
             self._changed.set()
 
     # ------------------------------------------------------------------ what users read
@@ -285,6 +291,64 @@ class Participant:
                 self._tracks.put_nowait(None)  # later iterators end too
                 return
             yield track
+
+    async def add_track(self, track: MediaStreamTrack) -> None:
+        """Publish one more local track to every peer, now and later (renegotiates live links).
+
+        Like the tracks given to the constructor, it is read once, fanned out, and not stopped
+        on close: the caller owns it.
+        """
+        if self._closed:
+            raise CallbotError("the participant is closed")
+        if any(pump.source is track for pump in self._pumps):
+            raise ConfigError("that track is published already")
+        capacity = 2 if track.kind == "video" else 8
+        pump = TrackPump(track, capacity=capacity, name=f"{track.kind}-{len(self._pumps)}")
+        self._pumps.append(pump)
+        for link in self._links.values():
+            link.add_local(pump)
+
+    async def send_data(
+        self, data: str | bytes, *, to: str | None = None, timeout_s: float = 10.0
+    ) -> int:
+        """Send a message on the data channel to one peer (id or name) or, with ``to=None``, to
+        every peer whose channel is open. Returns how many peers it was sent to.
+
+        For one peer, waits up to ``timeout_s`` for its channel to open (``WaitTimeout``).
+        """
+        if to is None:
+            open_links = [link for link in self._links.values() if link.channel_open]
+            for open_link in open_links:
+                open_link.channel.send(data)
+            return len(open_links)
+        info = self._find_peer(to)
+        link = self._links.get(info.peer_id if info is not None else to)
+        if link is None:
+            raise CallbotError(f"no media link to {to!r}")
+        try:
+            await link.send_data(data, timeout_s=timeout_s)
+        except TimeoutError:
+            raise WaitTimeout(
+                f"the data channel to {to!r} did not open within {timeout_s:g} s"
+            ) from None
+        return 1
+
+    async def data_messages(self) -> AsyncIterator[DataMessage]:
+        """Data-channel messages from every peer as they arrive; ends on close. One reader."""
+        while True:
+            message = await self._data.get()
+            if message is None:
+                self._data.put_nowait(None)
+                return
+            yield message
+
+    def _on_data(self, message: DataMessage) -> None:
+        if self._data.qsize() >= DATA_QUEUE_MAX:
+            self._data.get_nowait()
+            self._data_dropped += 1
+            if self._data_dropped == 1 or self._data_dropped % 100 == 0:
+                logger.warning("data messages dropped: %d (nobody reads them)", self._data_dropped)
+        self._data.put_nowait(message)
 
     async def wait_connected(self, count: int = 1, *, timeout_s: float = 30.0) -> None:
         """Wait until media connections to ``count`` peers are up.
@@ -584,9 +648,15 @@ class Participant:
                 link = self._links.get(sender)
                 if link is None and sender in self._wanted():
                     link = self._open_link(sender)
-                elif link is not None and isinstance(message, RelayedOffer) and link.has_remote:
-                    # A second offer: the remote side rebuilt its connection (ICE failed
-                    # there first, or its link was replaced); start over with it.
+                elif (
+                    link is not None
+                    and isinstance(message, RelayedOffer)
+                    and link.has_remote
+                    and ice_ufrag(message.sdp) != link.remote_ufrag
+                ):
+                    # An offer with new ICE credentials: the remote side rebuilt its connection
+                    # (ICE failed there first, or its link was replaced); start over with it.
+                    # The same credentials are a renegotiation on the live connection.
                     logger.info("%s offers a new connection; replacing ours", sender)
                     link = self._replace_link(sender)
                 if link is None:
@@ -679,6 +749,8 @@ class Participant:
             video_buffer_frames=self.config.video_buffer_frames,
             audio_buffer_frames=self.config.audio_buffer_frames,
             negotiation_timeout_s=self.config.negotiation_timeout_s,
+            video_codecs=self.config.video_codecs,
+            data_channel=self.config.data_channel,
         )
         link = PeerLink(
             info,
@@ -687,7 +759,8 @@ class Participant:
             send=self._send,
             on_track=self._on_track,
             on_change=lambda: self._link_changed(peer_id),
-            track_for=lambda kind: self._reusable_track(peer_id, kind),
+            track_for=lambda kind, index: self._reusable_track(peer_id, kind, index),
+            on_data=self._on_data,
         )
         self._links[peer_id] = link
         logger.debug("opening a link to %s (we %s)", peer_id, "offer" if link.offerer else "answer")
@@ -698,12 +771,15 @@ class Participant:
         self._all_tracks.append(track)
         self._tracks.put_nowait(track)
 
-    def _reusable_track(self, peer_id: str, kind: str) -> RemoteTrack | None:
-        """The live track of this peer and kind from a link that was rebuilt, if any."""
-        for track in reversed(self._all_tracks):
-            if track.peer_id == peer_id and track.kind == kind and not track.ended:
-                return track
-        return None
+    def _reusable_track(self, peer_id: str, kind: str, index: int) -> RemoteTrack | None:
+        """The ``index``-th live track of this peer and kind, kept from a link that was rebuilt
+        (a renegotiated link asks for the next index, which does not exist yet)."""
+        live = [
+            track
+            for track in self._all_tracks
+            if track.peer_id == peer_id and track.kind == kind and not track.ended
+        ]
+        return live[index] if index < len(live) else None
 
     # ------------------------------------------------------------------ rebuilding links
 

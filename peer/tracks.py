@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc import MediaStreamTrack
@@ -143,4 +144,13 @@ class RemoteTrack(RingTrack):
         return f"RemoteTrack({self.kind} from {self.peer_name!r} [{self.peer_id}])"
 
 
-__all__ = ["RemoteTrack", "RingTrack", "TrackPump"]
+@dataclass(frozen=True, slots=True)
+class DataMessage:
+    """One message that arrived on a peer's data channel."""
+
+    peer_id: str
+    peer_name: str
+    data: str | bytes
+
+
+__all__ = ["DataMessage", "RemoteTrack", "RingTrack", "TrackPump"]
