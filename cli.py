@@ -491,6 +491,7 @@ async def _join(args: argparse.Namespace) -> int:
         mode=mode,
         receive=not args.no_receive,
         ice_addresses=tuple(args.ice_address or LOOPBACK_ONLY),
+        video_codecs=(args.video_codec,) if args.video_codec else (),
     )
     recorder = (
         CallRecorder(Path(args.record), size=args.canvas, fps=args.fps) if args.record else None
@@ -907,6 +908,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-receive",
         action="store_true",
         help="publish only: negotiate send-only media and decode nothing",
+    )
+    join.add_argument(
+        "--video-codec",
+        type=str.upper,
+        choices=["VP8", "H264"],
+        help="video codec to use with every peer (default: VP8 first, H264 if the peer asks)",
     )
     join.add_argument(
         "--ice-address", action="append", metavar="IP",

@@ -96,3 +96,32 @@ async def test_answer_bot_sample_answers_and_records_a_call(
         frames = list(container.decode(video=0))
     rect = fit(320, 240, grid(1, frames[0].width, frames[0].height)[0])
     assert sum(read_stamp(f, rect) is not None for f in frames) >= 10
+
+
+async def test_chat_bot_sample_echoes_adds_video_and_leaves(relay: RunningServer) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(SAMPLES / "chat_bot.py"), relay.ws_url, "chat", "120",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    cfg = ParticipantConfig(room="chat", server_url=relay.ws_url, name="human")
+    try:
+        async with Participant(cfg) as me:
+            await me.wait_for_peers(["chat-bot"])
+            await me.wait_connected(1)
+            replies = aiter(me.data_messages())
+            await me.send_data("hello", to="chat-bot")
+            async with asyncio.timeout(20):
+                assert (await anext(replies)).data == "echo: hello"
+                await me.send_data("video", to="chat-bot")
+                assert (await anext(replies)).data == "video on"
+                async for track in me.tracks():
+                    if track.kind == "video":
+                        break
+                assert await track.recv() is not None
+                await me.send_data("bye", to="chat-bot")
+                assert (await anext(replies)).data == "bye!"
+    finally:
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert "human: hello" in out.decode() and "chat-bot left" in out.decode()
