@@ -103,6 +103,26 @@ def _preferred(codecs: Sequence[Any], names: Sequence[str]) -> list[Any]:
     return main + rtx
 
 
+async def _stop_late_consent(connections: Sequence[Any]) -> None:
+    """Cancel consent checks that aioice starts after it was closed.
+
+    aioice 0.13's ``Connection.connect`` starts its consent-freshness task once the check list
+    completes; if ``close()`` ran between that completion and connect resuming (a link closed
+    just as ICE succeeded), the task starts after close and is never cancelled. Give connect its
+    turn, then stop whatever it started.
+    """
+    for _ in range(3):
+        await asyncio.sleep(0)
+    late = [
+        task
+        for task in (getattr(c, "_query_consent_task", None) for c in connections)
+        if task is not None and not task.done()
+    ]
+    for task in late:
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+
+
 class PeerLink:
     """The media connection to one remote peer. Inbound signaling is processed in order by one
     task the link owns; remote tracks are drained by tasks it owns; ``aclose()`` ends them all.
@@ -520,8 +540,11 @@ class PeerLink:
         await asyncio.gather(*own, return_exceptions=True)
         for pump, ring in self._rings:
             pump.unsubscribe(ring)
+        transports = getattr(self.pc, "_RTCPeerConnection__iceTransports", ())
+        connections = [t._connection for t in transports]
         try:
             await self.pc.close()
+            await _stop_late_consent(connections)
         finally:
             drains = tuple(self._drains)
             for task in drains:

@@ -3,7 +3,8 @@
 Chromium runs in a network namespace of its own (tests/chromium.py); the relay and the Python
 participant sit on the root side of the veth pair, and the participant's host-candidate policy
 offers only that address. Who offers first is decided by the peer ids (the smaller offers), so
-each direction is obtained by opening the page again until the ids fall the right way.
+each direction is obtained by joining the bot and opening the page again until the ids fall the
+right way.
 
 Both ends assert: the Python side decodes Chromium's fake camera (640x480 on early frames, before
 Chromium lowers its resolution for aiortc's bandwidth estimate) and hears its fake microphone;
@@ -37,21 +38,24 @@ def page_url(relay: RunningServer, name: str, **extra: str) -> str:
     return f"{relay.http_url}/?room=interop&autojoin=1&{query}"
 
 
-@asynccontextmanager
-async def bot(
-    net: BrowserNet, relay: RunningServer, *, video: bool, codec: str | None = None
-) -> AsyncIterator[Participant]:
-    config = ParticipantConfig(
+def bot_config(net: BrowserNet, relay: RunningServer, codec: str | None) -> ParticipantConfig:
+    return ParticipantConfig(
         room="interop",
         server_url=relay.ws_url,
         name="bot",
         ice_addresses=(net.host_addr,),
         video_codecs=(codec,) if codec else (),
     )
+
+
+@asynccontextmanager
+async def bot(
+    net: BrowserNet, relay: RunningServer, *, video: bool, codec: str | None = None
+) -> AsyncIterator[Participant]:
     pattern = PatternVideoTrack(width=320, height=240, label="bot") if video else None
     tone = ToneAudioTrack(frequency=440)
     try:
-        async with Participant(config, video=pattern, audio=tone) as me:
+        async with Participant(bot_config(net, relay, codec), video=pattern, audio=tone) as me:
             yield me
     finally:
         tone.stop()
@@ -59,17 +63,31 @@ async def bot(
             pattern.stop()
 
 
-async def open_page(
-    browser: Browser, relay: RunningServer, me: Participant, *, bot_offers: bool, **extra: str
-) -> tuple[Page, str]:
-    """A joined page whose id makes ``me`` the first offerer (or not): reopened until it is."""
-    for _ in range(30):
-        page = await browser.open(page_url(relay, "chrome", **extra))
-        page_id = str(await page.wait_for("window.callbot.peerId"))
-        if (me.peer_id < page_id) == bot_offers:
-            return page, page_id
-        await page.close()
-    raise AssertionError("30 page ids in a row fell the wrong way")
+@asynccontextmanager
+async def bot_and_page(
+    browser: Browser,
+    net: BrowserNet,
+    relay: RunningServer,
+    *,
+    bot_offers: bool,
+    video: bool,
+    codec: str | None = None,
+) -> AsyncIterator[tuple[Participant, Page, str]]:
+    """A bot and a joined page whose ids make the bot the first offerer (or not).
+
+    Ids are random, so both are made again until they fall the right way (each try is a coin
+    flip; re-rolling only one side could be stuck behind an id like ``p_0...``).
+    """
+    extra = {"codec": codec} if codec else {}
+    for _ in range(20):
+        async with bot(net, relay, video=video, codec=codec) as me:
+            page = await browser.open(page_url(relay, "chrome", **extra))
+            page_id = str(await page.wait_for("window.callbot.peerId"))
+            if (me.peer_id < page_id) == bot_offers:
+                yield me, page, page_id
+                return
+            await page.close()
+    raise AssertionError("20 id pairs in a row fell the wrong way")
 
 
 async def tracks_from(me: Participant, peer_id: str, kind: str, count: int) -> list[RemoteTrack]:
@@ -87,7 +105,7 @@ async def tracks_from(me: Participant, peer_id: str, kind: str, count: int) -> l
 
 async def decode_video(track: RemoteTrack, count: int) -> list[tuple[int, int]]:
     """Sizes of the next ``count`` decoded frames."""
-    sizes = []
+    sizes: list[tuple[int, int]] = []
     async with asyncio.timeout(40):
         while len(sizes) < count:
             frame = await track.recv()
@@ -137,10 +155,9 @@ async def test_media_both_ways_and_a_data_channel(
     codec: str,
     bot_offers: bool,
 ) -> None:
-    async with bot(browser_net, net_relay, video=True, codec=codec) as me:
-        page, chrome_id = await open_page(
-            browser, net_relay, me, bot_offers=bot_offers, codec=codec
-        )
+    async with bot_and_page(
+        browser, browser_net, net_relay, bot_offers=bot_offers, video=True, codec=codec
+    ) as (me, page, chrome_id):
         await me.wait_connected(1)
         link = me.link(chrome_id)
         assert link is not None and link.offerer == bot_offers
@@ -179,8 +196,9 @@ async def test_each_side_adds_a_track_mid_call(
     """The bot starts audio-only. With ``chrome-offers`` the bot answered first, so its own
     offer later is the one aiortc renumbers (issues 686/1079) unless peer.renegotiation keeps
     the negotiated payload types and extension ids."""
-    async with bot(browser_net, net_relay, video=False) as me:
-        page, chrome_id = await open_page(browser, net_relay, me, bot_offers=bot_offers)
+    async with bot_and_page(
+        browser, browser_net, net_relay, bot_offers=bot_offers, video=False
+    ) as (me, page, chrome_id):
         await me.wait_connected(1)
         link = me.link(chrome_id)
         assert link is not None
