@@ -11,6 +11,7 @@ and puts them in the SDP; candidates trickled by others (browsers) are applied a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -103,24 +104,27 @@ def _preferred(codecs: Sequence[Any], names: Sequence[str]) -> list[Any]:
     return main + rtx
 
 
-async def _stop_late_consent(connections: Sequence[Any]) -> None:
+async def _stop_late_consent(transports: Sequence[Any], *, limit_s: float = 2.0) -> None:
     """Cancel consent checks that aioice starts after it was closed.
 
     aioice 0.13's ``Connection.connect`` starts its consent-freshness task once the check list
-    completes; if ``close()`` ran between that completion and connect resuming (a link closed
-    just as ICE succeeded), the task starts after close and is never cancelled. Give connect its
-    turn, then stop whatever it started.
+    completes, up to one 20 ms check period after the fact; if ``close()`` ran in between (a
+    link closed just as ICE succeeded), the task starts after close and is never cancelled.
+    Wait until each transport's start (aiortc runs connect in it) has finished, then stop
+    whatever it left running.
     """
-    for _ in range(3):
-        await asyncio.sleep(0)
-    late = [
-        task
-        for task in (getattr(c, "_query_consent_task", None) for c in connections)
-        if task is not None and not task.done()
-    ]
-    for task in late:
-        task.cancel()
-    await asyncio.gather(*late, return_exceptions=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    for transport in transports:
+        started = getattr(transport, "_RTCIceTransport__start", None)
+        if started is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await started.wait()
+        task = getattr(transport._connection, "_query_consent_task", None)
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class PeerLink:
@@ -540,11 +544,10 @@ class PeerLink:
         await asyncio.gather(*own, return_exceptions=True)
         for pump, ring in self._rings:
             pump.unsubscribe(ring)
-        transports = getattr(self.pc, "_RTCPeerConnection__iceTransports", ())
-        connections = [t._connection for t in transports]
+        transports = list(getattr(self.pc, "_RTCPeerConnection__iceTransports", ()))
         try:
             await self.pc.close()
-            await _stop_late_consent(connections)
+            await _stop_late_consent(transports)
         finally:
             drains = tuple(self._drains)
             for task in drains:
