@@ -227,8 +227,8 @@ class Canvas:
         y, u, v = planes
         resize_into(src[0], y[content.y : content.bottom, content.x : content.right])
         cy, cx, ch, cw = content.y // 2, content.x // 2, content.h // 2, content.w // 2
-        # Chroma: antialiased, without the final sharpening FIR (~10% of a tile's cost);
-        # half-resolution colour hides the softer passband.
+        # Chroma: sharpen=False only matters on the OpenCV fallback, where skipping its final
+        # FIR saves ~10% of a tile and half-resolution colour hides the softer passband.
         resize_into(src[1], u[cy : cy + ch, cx : cx + cw], sharpen=False)
         resize_into(src[2], v[cy : cy + ch, cx : cx + cw], sharpen=False)
         if tile.stalled:

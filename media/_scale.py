@@ -1,0 +1,219 @@
+"""Antialiased resizing of one 8-bit plane straight into a (possibly strided) destination view.
+
+The compositor pastes by resizing each input plane directly into the view of the canvas plane
+that its tile covers, so no intermediate frame is allocated or copied.
+
+A shrink runs the small C extension ``media._resample``: a separable fixed-point resampler
+that applies exactly the filter FFmpeg's swscale applies by default (bicubic, B=0, C=0.6,
+stretched by the shrink factor so nothing aliases, centre-aligned, clamped at the edges).
+This module designs that filter by mirroring swscale's ``initFilter`` integer arithmetic,
+quantises it to 14-bit weights that sum to exactly 1 so flat colours stay exact, and caches
+it per (input size, output size); the C side only applies it, with the GIL released, so the
+canvas's tile threads run in parallel. Why in C rather than OpenCV: matching swscale takes a
+kernel that is ~11 taps wide at 2.67x, which no single OpenCV call applies (``INTER_AREA``
+is a box, ``INTER_CUBIC`` does not widen when shrinking), and the OpenCV chain that
+approximated it (``media._scale_cv``) cost more per tile than swscale itself.
+
+Measured on a 2-vCPU machine shared with other jobs (load average ~2.5, so medians of
+interleaved runs; absolute numbers move by 1.5x), 640x480 inputs on a 1280x720 canvas, 16 /
+9 / 4 tiles (2.67x / 2x / 1.33x):
+
+* luma PSNR of the whole canvas against FFmpeg's filter graph (``python -m bench.compositor``):
+  68.7 / 69.2 / 71.8 dB (the OpenCV chain: 48.6 / 51.3 / 51.6); what is left is rounding
+  (swscale filters horizontally first, through 15-bit intermediates);
+* compose rate against that graph, same run: 1.35 / 1.42 / 1.21x (medians of 5 runs; the
+  OpenCV chain: ~1.0 / 1.1 / 0.8x);
+* one tile (Y, U, V, ``python -m bench.scale``): 222 / 247 / 324 us, swscale on one thread
+  359 / 272 / 455 us, the OpenCV chain 427 / 268 / 655 us.
+
+The kernel runs at about one vector instruction per cycle: at 2.67x a luma plane is ~40%
+vertical pass, ~40% horizontal pass and ~10% widening rows to int16 (see ``_resample.c``).
+The horizontal pass's dense 8-output blocks multiply ~2.7x more zeros than taps; at 1.33x
+that is most of the cost, and the first place to look for more speed.
+
+The chroma planes get the same centre-aligned filter as luma. swscale places 4:2:0 chroma
+left-aligned (co-sited with the even luma columns, as MPEG-2 and H.264 do by default), which
+shifts chroma by a fraction of a chroma pixel horizontally relative to ours; the function
+takes no siting argument, so this difference stays (~46 dB on chroma against swscale).
+
+Enlarging on both axes is plain ``cv2.INTER_CUBIC``: nothing aliases, and it keeps ramps
+monotonic. A plane of the same size is copied. If the extension is not built (a source
+checkout without a compiler), every shrink falls back to the OpenCV chain, with one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache, lru_cache
+from types import ModuleType
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from . import _scale_cv
+from ._yuv import Plane
+
+__all__ = ["HAVE_RESAMPLER", "resize_into"]
+
+_resample: ModuleType | None
+try:
+    from . import _resample
+except ImportError as exc:  # not built: the OpenCV chain takes over (see _fallback_warning)
+    _resample = None
+    _IMPORT_ERROR: ImportError | None = exc
+else:
+    _IMPORT_ERROR = None
+
+HAVE_RESAMPLER = _resample is not None
+"""Whether shrinking runs the C resampler (False: the slower OpenCV chain)."""
+
+_log = logging.getLogger(__name__)
+
+_ONE = 1 << 14  # the weights' fixed-point 1: what the C side's shifts assume
+_SWS_C = int(0.6 * (1 << 24))  # swscale's default bicubic C (B = 0), in its 8.24 fixed point
+
+_Filter = tuple[bytes, bytes, int]
+
+
+def resize_into(src: Plane, dst: Plane, *, sharpen: bool = True) -> None:
+    """Write ``src`` resized to ``dst.shape`` into ``dst`` (antialiased when shrinking).
+
+    ``dst`` may be a view into a larger array; only the view is written. ``sharpen`` only
+    matters for the OpenCV fallback (``False`` skips its final FIR there: softer, cheaper);
+    the C resampler applies swscale's filter either way, since it costs the same.
+    """
+    dh, dw = dst.shape
+    sh, sw = src.shape
+    if dh == 0 or dw == 0:
+        return
+    if (sh, sw) == (dh, dw):
+        np.copyto(dst, src)
+        return
+    if sh <= dh and sw <= dw:
+        cv2.resize(src, (dw, dh), dst=dst, interpolation=cv2.INTER_CUBIC)
+        return
+    if _resample is None:
+        _fallback_warning()
+        _scale_cv.resize_into(src, dst, sharpen=sharpen)
+        return
+    ypos, yweights, ytaps = _rows(sh, dh)
+    xstart, xweights, xpairs = _columns(sw, dw)
+    if src.strides[1] != 1:
+        src = np.ascontiguousarray(src)
+    out = dst if dst.strides[1] == 1 else np.empty((dh, dw), np.uint8)
+    _resample.resize(src, out, ypos, yweights, ytaps, xstart, xweights, xpairs)
+    if out is not dst:
+        np.copyto(dst, out)
+
+
+@cache
+def _fallback_warning() -> None:
+    """Logs once per process that shrinking runs the OpenCV chain, and why."""
+    _log.warning("media._resample is not available (%s): resizing with OpenCV", _IMPORT_ERROR)
+
+
+@lru_cache(maxsize=64)
+def _rows(n_in: int, n_out: int) -> _Filter:
+    """The vertical filter for the C side: each output row's first source row (int32), its
+    ``taps`` 14-bit weights (int16) and ``taps``, the widest filter's width."""
+    weights = _quantise(_swscale_bicubic(n_in, n_out))
+    first, taps = _support(weights)
+    starts = np.minimum(first, n_in - taps)
+    return starts.astype(np.int32).tobytes(), _window(weights, starts, taps).tobytes(), taps
+
+
+@lru_cache(maxsize=64)
+def _columns(n_in: int, n_out: int) -> _Filter:
+    """The horizontal filter for the C side, in blocks of 8 outputs: each block's first
+    sample (int32), then per block, for each pair of samples from there, the 8 outputs'
+    two weights (int16, [pair][output][2]), and the number of pairs, the widest block's.
+
+    The C side applies a block as one dense product (see ``_resample.c``), so a block's
+    weights are laid out per sample pair rather than per output.
+    """
+    weights = _quantise(_swscale_bicubic(n_in, n_out))
+    first, taps = _support(weights)
+    blocks = -(-n_out // 8)
+    padded = np.zeros((blocks * 8, n_in), dtype=np.int64)
+    padded[:n_out] = weights
+    first = np.concatenate([first, np.full(blocks * 8 - n_out, first[-1])])
+    last = first + taps  # past each output's last tap (it may pass n_in: reads are zeros)
+    starts = first.reshape(blocks, 8).min(axis=1)
+    pairs = int(-(-(last.reshape(blocks, 8).max(axis=1) - starts).max() // 2))
+    span = _window(padded, np.repeat(starts, 8), 2 * pairs)  # (outputs, 2 * pairs)
+    layout = span.reshape(blocks, 8, pairs, 2).transpose(0, 2, 1, 3)
+    return starts.astype(np.int32).tobytes(), np.ascontiguousarray(layout).tobytes(), pairs
+
+
+def _support(weights: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], int]:
+    """Each row's first non-zero column, and the widest run of columns any row needs."""
+    nonzero = weights != 0
+    n_in = weights.shape[1]
+    first = nonzero.argmax(axis=1)
+    last = n_in - 1 - nonzero[:, ::-1].argmax(axis=1)
+    return first, int((last - first).max()) + 1
+
+
+def _window(
+    weights: npt.NDArray[np.int64], starts: npt.NDArray[np.int64], taps: int
+) -> npt.NDArray[np.int16]:
+    """Each row's ``taps`` weights from its start (zero past the last column)."""
+    n_out, n_in = weights.shape
+    window = np.zeros((n_out, taps), dtype=np.int16)
+    rows = np.arange(n_out)
+    for k in range(taps):
+        cols = starts + k
+        inside = cols < n_in
+        window[rows[inside], k] = weights[rows[inside], cols[inside]]
+    return window
+
+
+def _quantise(matrix: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Rows scaled to sum to exactly ``_ONE``, each weight rounded so the running sum is
+    rounded: no weight is off by more than one step and flat input stays flat exactly."""
+    cumulative = np.cumsum(matrix, axis=1, dtype=np.float64)
+    scaled = np.rint(cumulative * (_ONE / cumulative[:, -1:]))
+    weights: npt.NDArray[np.int64] = np.diff(scaled, axis=1, prepend=0).astype(np.int64)
+    return weights
+
+
+def _swscale_bicubic(n_in: int, n_out: int) -> npt.NDArray[np.int64]:
+    """The (n_out, n_in) matrix of swscale's default bicubic filter, before normalising.
+
+    It mirrors libswscale's ``initFilter`` for ``SWS_BICUBIC`` with centred samples (FFmpeg's
+    8.24 fixed point, 16.16 step, C's truncating divisions), so the taps and their phase are
+    swscale's own, then folds taps that fall outside the plane onto its edge samples, as
+    swscale does. swscale also drops taps whose weights sum below 0.2%; keeping them changes
+    nothing measurable (luma of the benchmark's frames: 68 dB against swscale in floating
+    point, i.e. ±1 rounding).
+    """
+    matrix = np.zeros((n_out, n_in), dtype=np.int64)
+    if n_in == n_out:
+        np.fill_diagonal(matrix, 1)
+        return matrix
+    step = ((n_in << 16) + (n_out >> 1)) // n_out  # input pixels per output pixel, 16.16
+    shrink = step > 1 << 16
+    size = 1 + (4 * n_in + n_out - 1) // n_out if shrink else 5
+    centres = (step - (1 << 16)) + 2 * step * np.arange(n_out, dtype=np.int64)  # 1/2^17 units
+    starts = _cdiv(centres - (size - 2) * (1 << 16), np.int64(1 << 17))
+    taps = starts[:, None] + np.arange(size, dtype=np.int64)[None, :]
+    d = np.abs(taps * (1 << 17) - centres[:, None]) << 13  # distance, 2^30 = one input pixel
+    if shrink:
+        d = _cdiv(d * n_out, np.int64(n_in))  # stretched: 2^30 = one output pixel
+    d = np.minimum(d, 1 << 31)  # outside the kernel either way; keeps d**3 inside int64
+    c = _SWS_C
+    dd = (d * d) >> 30
+    ddd = (dd * d) >> 30
+    inner = (12 * (1 << 24) - 6 * c) * ddd + (-18 * (1 << 24) + 6 * c) * dd + 6 * (1 << 54)
+    outer = -6 * c * ddd + 30 * c * dd - 48 * c * d + 24 * c * (1 << 30)
+    coeff = np.where(d < 1 << 30, inner, np.where(d < 1 << 31, outer, 0)) >> 24
+    rows = np.repeat(np.arange(n_out), size)
+    np.add.at(matrix, (rows, np.clip(taps, 0, n_in - 1).ravel()), coeff.ravel())
+    return matrix
+
+
+def _cdiv(a: npt.NDArray[np.int64], b: np.int64) -> npt.NDArray[np.int64]:
+    """C's integer division (truncating towards zero), which swscale's positions rely on."""
+    q: npt.NDArray[np.int64] = np.sign(a) * (np.abs(a) // b)
+    return q
