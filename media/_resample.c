@@ -425,8 +425,163 @@ done:
     return result;
 }
 
+
+/* ------------------------------------------------------------------ a whole tile */
+
+typedef struct {
+    Py_buffer pos, w, xstart, xw;
+    Py_ssize_t taps, pairs;
+} Filter;
+
+static void release_filter(Filter *f) {
+    PyBuffer_Release(&f->pos);
+    PyBuffer_Release(&f->w);
+    PyBuffer_Release(&f->xstart);
+    PyBuffer_Release(&f->xw);
+}
+
+static int get_filter(PyObject *obj, Filter *f) {
+    if (!PyTuple_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "a filter is a tuple (ypos, yweights, ytaps, "
+                                         "xstart, xweights, xpairs)");
+        return -1;
+    }
+    return PyArg_ParseTuple(obj, "y*y*ny*y*n", &f->pos, &f->w, &f->taps, &f->xstart, &f->xw,
+                            &f->pairs)
+               ? 0
+               : -1;
+}
+
+/* Fills the rows [y0, y1) x columns [x0, x1) of a plane with one byte value. */
+static void fill(uint8_t *p, Py_ssize_t stride, Py_ssize_t x0, Py_ssize_t y0, Py_ssize_t x1,
+                 Py_ssize_t y1, uint8_t value) {
+    if (x1 <= x0)
+        return;
+    for (Py_ssize_t y = y0; y < y1; y++)
+        memset(p + y * stride + x0, value, (size_t)(x1 - x0));
+}
+
+/* Everything of an h x w plane outside the hole [x, x + hw) x [y, y + hh). */
+static void fill_around(uint8_t *p, Py_ssize_t stride, Py_ssize_t h, Py_ssize_t w, Py_ssize_t x,
+                        Py_ssize_t y, Py_ssize_t hw, Py_ssize_t hh, uint8_t value) {
+    fill(p, stride, 0, 0, w, y, value);
+    fill(p, stride, 0, y + hh, w, h, value);
+    fill(p, stride, 0, y, x, y + hh, value);
+    fill(p, stride, x + hw, y, w, y + hh, value);
+}
+
+PyDoc_STRVAR(tile_doc,
+             "tile(src_y, src_u, src_v, cell_y, cell_u, cell_v, x, y, w, h, cx, cy,\n"
+             "     luma, chroma, simd=True)\n\n"
+             "Paint one yuv420p picture into one canvas cell in a single call: the Y plane\n"
+             "resized into the w x h box at (x, y) of cell_y, U and V into the w/2 x h/2 box\n"
+             "at (cx, cy) of cell_u / cell_v, and the rest of each cell view filled black\n"
+             "(16, 128, 128). luma and chroma are resize()'s filter arguments as tuples\n"
+             "(ypos, yweights, ytaps, xstart, xweights, xpairs). One GIL release for all of it.");
+
+static PyObject *tile(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"src_y", "src_u", "src_v", "cell_y", "cell_u", "cell_v",
+                             "x",     "y",     "w",     "h",      "cx",     "cy",
+                             "luma",  "chroma", "simd", NULL};
+    PyObject *objs[6], *luma_obj, *chroma_obj;
+    Py_ssize_t x, y, w, h, cx, cy;
+    int simd = 1;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOnnnnnnOO|p", kwlist, &objs[0],
+                                     &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &x, &y,
+                                     &w, &h, &cx, &cy, &luma_obj, &chroma_obj, &simd))
+        return NULL;
+    Py_buffer views[6];
+    Filter filters[2];
+    memset(views, 0, sizeof views);
+    memset(filters, 0, sizeof filters);
+    Job jobs[3];
+    memset(jobs, 0, sizeof jobs);
+    int16_t *mid = NULL, *ring = NULL;
+    PyObject *result = NULL;
+    for (int i = 0; i < 6; i++) {
+        int flags = PyBUF_STRIDES | PyBUF_FORMAT | (i >= 3 ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(objs[i], &views[i], flags) < 0 ||
+            plane(&views[i], i < 3 ? "a source plane" : "a cell plane", i >= 3) < 0)
+            goto done;
+    }
+    if (get_filter(luma_obj, &filters[0]) < 0 || get_filter(chroma_obj, &filters[1]) < 0)
+        goto done;
+    Py_ssize_t boxes[3][4] = {{x, y, w, h}, {cx, cy, w / 2, h / 2}, {cx, cy, w / 2, h / 2}};
+    Py_ssize_t mid_len = 0, ring_len = 0;
+    for (int i = 0; i < 3; i++) {
+        Py_buffer *src = &views[i], *cell = &views[3 + i];
+        Filter *f = &filters[i > 0];
+        Py_ssize_t *b = boxes[i];
+        if (b[0] < 0 || b[1] < 0 || b[2] < 1 || b[3] < 1 || b[0] + b[2] > cell->shape[1] ||
+            b[1] + b[3] > cell->shape[0]) {
+            PyErr_SetString(PyExc_ValueError, "the picture's box must lie inside its cell");
+            goto done;
+        }
+        if (src->shape[0] < 1 || src->shape[1] < 1) {
+            PyErr_SetString(PyExc_ValueError, "src is empty");
+            goto done;
+        }
+        Job *j = &jobs[i];
+        j->src = (const uint8_t *)src->buf;
+        j->src_stride = src->strides[0];
+        j->sw = src->shape[1];
+        j->dst_stride = cell->strides[0];
+        j->dst = (uint8_t *)cell->buf + b[1] * j->dst_stride + b[0];
+        j->dh = b[3];
+        j->dw = b[2];
+        j->ypos = (const int32_t *)f->pos.buf;
+        j->yw = (const int16_t *)f->w.buf;
+        j->ytaps = f->taps;
+        j->xstart = (const int32_t *)f->xstart.buf;
+        j->xw = (const int16_t *)f->xw.buf;
+        j->xpairs = f->pairs;
+        if (check_y(&f->pos, &f->w, j->dh, j->ytaps, src->shape[0]) < 0 ||
+            check_x(&f->xstart, &f->xw, j->dw, j->xpairs, j->sw) < 0)
+            goto done;
+        j->mid_stride = j->sw + 2 * j->xpairs;
+        j->ring_stride = (j->sw + 15) & ~(Py_ssize_t)15;
+        if (2 * j->mid_stride > mid_len)
+            mid_len = 2 * j->mid_stride;
+        if (j->ytaps <= SHORT_TAPS && j->ytaps * j->ring_stride > ring_len)
+            ring_len = j->ytaps * j->ring_stride;
+    }
+    simd = simd && have_avx2;
+    mid = (int16_t *)malloc((size_t)mid_len * sizeof(int16_t));
+    if (simd && ring_len > 0)
+        ring = (int16_t *)malloc((size_t)ring_len * sizeof(int16_t));
+    if (mid == NULL || (simd && ring_len > 0 && ring == NULL)) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < 3; i++) {
+        Job *j = &jobs[i];
+        Py_buffer *cell = &views[3 + i];
+        Py_ssize_t *b = boxes[i];
+        fill_around((uint8_t *)cell->buf, cell->strides[0], cell->shape[0], cell->shape[1], b[0],
+                    b[1], b[2], b[3], i == 0 ? 16 : 128);
+        j->mid = mid;
+        memset(mid, 0, (size_t)(2 * j->mid_stride) * sizeof(int16_t));
+        j->ring = simd && j->ytaps <= SHORT_TAPS ? ring : NULL;
+        run(j, simd);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    free(mid);
+    free(ring);
+    for (int i = 0; i < 6; i++)
+        if (views[i].obj)
+            PyBuffer_Release(&views[i]);
+    release_filter(&filters[0]);
+    release_filter(&filters[1]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"resize", (PyCFunction)(void (*)(void))resize, METH_VARARGS | METH_KEYWORDS, resize_doc},
+    {"tile", (PyCFunction)(void (*)(void))tile, METH_VARARGS | METH_KEYWORDS, tile_doc},
     {NULL, NULL, 0, NULL},
 };
 

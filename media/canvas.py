@@ -1,8 +1,9 @@
 """The compositor's drawing core: tiles in, one yuv420p canvas frame out, synchronously.
 
 It never converts to RGB: each input plane is resized straight into the view of the canvas
-plane its tile covers (:func:`media._scale.resize_into`), so a tile costs one antialiased
-resize per plane and nothing else. The async :class:`~media.compositor.Compositor` calls
+plane its tile covers (:func:`media._scale.paint_picture`: bars and the Y, U and V resizes in
+one call into the C resampler), so a tile costs one antialiased resize per plane and nothing
+else. The async :class:`~media.compositor.Compositor` calls
 :meth:`Canvas.compose` from a worker thread; ``callbot composite`` and the benchmark call it
 directly. One canvas must not be used from two threads at once.
 """
@@ -22,7 +23,7 @@ import numpy.typing as npt
 from av.video.reformatter import VideoReformatter
 
 from . import _yuv
-from ._scale import resize_into
+from ._scale import paint_picture
 from .layout import Rect, fit
 
 __all__ = ["STALL_MARK_YUV", "Canvas", "Tile", "placeholder_yuv"]
@@ -214,8 +215,8 @@ class Canvas:
     ) -> None:
         cell = tile.rect
         content = fit(frame.width, frame.height, cell)
-        _fill_bars(planes, cell, content)
         if content.w < 2 or content.h < 2:
+            _fill_bars(planes, cell, content)
             return
         if frame.format.name != "yuv420p":
             frame = state.reformatter.reformat(frame, format="yuv420p")  # yuvj420p too: range
@@ -223,14 +224,19 @@ class Canvas:
             frame = state.reformatter.reformat(
                 frame, format="yuv420p", src_color_range="JPEG", dst_color_range="MPEG"
             )
-        src = _yuv.planes_of(frame)
         y, u, v = planes
-        resize_into(src[0], y[content.y : content.bottom, content.x : content.right])
-        cy, cx, ch, cw = content.y // 2, content.x // 2, content.h // 2, content.w // 2
-        # Chroma: sharpen=False only matters on the OpenCV fallback, where skipping its final
-        # FIR saves ~10% of a tile and half-resolution colour hides the softer passband.
-        resize_into(src[1], u[cy : cy + ch, cx : cx + cw], sharpen=False)
-        resize_into(src[2], v[cy : cy + ch, cx : cx + cw], sharpen=False)
+        cb, cr = cell.bottom, cell.right
+        ccy, ccx, ccb, ccr = cell.y // 2, cell.x // 2, cb // 2, cr // 2
+        paint_picture(
+            _yuv.planes_of(frame),
+            (y[cell.y : cb, cell.x : cr], u[ccy:ccb, ccx:ccr], v[ccy:ccb, ccx:ccr]),
+            content.x - cell.x,
+            content.y - cell.y,
+            content.w,
+            content.h,
+            content.x // 2 - ccx,
+            content.y // 2 - ccy,
+        )
         if tile.stalled:
             _draw_border(planes, content, STALL_MARK_YUV)
         if tile.label and content.h >= _LABEL_MIN_TILE_H:

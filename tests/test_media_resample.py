@@ -182,3 +182,55 @@ def test_refuses_filters_that_would_read_outside_the_planes() -> None:
     out.flags.writeable = False
     with pytest.raises((ValueError, BufferError), match="read-only"):
         _resample.resize(src, out, ypos, yweights, ytaps, xstart, xweights, xpairs)
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize(
+    ("src_wh", "cell", "box"),
+    [
+        ((640, 480), (1, 3, 321, 181), (42, 0, 240, 180)),  # odd cell corner: 16-tile pillarbox
+        ((641, 481), (0, 0, 130, 100), (4, 6, 120, 90)),  # odd source, bars on all four sides
+        ((1920, 1080), (10, 10, 64, 64), (0, 14, 64, 36)),  # long vertical filters
+    ],
+)
+def test_tile_is_bars_plus_three_resizes_in_one_call(
+    simd: bool,
+    src_wh: tuple[int, int],
+    cell: tuple[int, int, int, int],
+    box: tuple[int, int, int, int],
+) -> None:
+    """tile() gives exactly the bytes of filling the cell black and resizing each plane."""
+    sw, sh = src_wh
+    srcs = [noise(sw, sh, seed=7), noise((sw + 1) // 2, (sh + 1) // 2, seed=8)]
+    srcs.append(noise((sw + 1) // 2, (sh + 1) // 2, seed=9))
+    cx0, cy0, cw, ch = cell
+    x, y, w, h = box
+    got = [np.full((200, 400), 3, np.uint8), *(np.full((100, 200), 3, np.uint8) for _ in "uv")]
+    want = [p.copy() for p in got]
+    luma_cell = (slice(cy0, cy0 + ch), slice(cx0, cx0 + cw))
+    chroma_cell = (slice(cy0 // 2, (cy0 + ch) // 2), slice(cx0 // 2, (cx0 + cw) // 2))
+    cells = [g[luma_cell if i == 0 else chroma_cell] for i, g in enumerate(got)]
+    bx, by = (x + cx0) // 2 - cx0 // 2, (y + cy0) // 2 - cy0 // 2
+    c_sh, c_sw = srcs[1].shape
+    _resample.tile(
+        *srcs, *cells, x, y, w, h, bx, by,
+        (*_rows(sh, h), *_columns(sw, w)),
+        (*_rows(c_sh, h // 2), *_columns(c_sw, w // 2)),
+        simd=simd,
+    )  # fmt: skip
+    for i, plane in enumerate(want):
+        view = plane[luma_cell if i == 0 else chroma_cell]
+        view[...] = 16 if i == 0 else 128
+        px, py, pw, ph = (x, y, w, h) if i == 0 else (bx, by, w // 2, h // 2)
+        run(srcs[i], view[py : py + ph, px : px + pw], simd=simd)
+        assert (got[i] == plane).all()
+
+
+def test_tile_refuses_a_box_outside_its_cell() -> None:
+    src, cell = noise(64, 48, seed=1), np.zeros((30, 40), np.uint8)
+    chroma_src, chroma_cell = noise(32, 24, seed=2), np.zeros((15, 20), np.uint8)
+    luma = (*_rows(48, 30), *_columns(64, 40))
+    chroma = (*_rows(24, 15), *_columns(32, 20))
+    with pytest.raises(ValueError, match="inside its cell"):
+        _resample.tile(src, chroma_src, chroma_src, cell, chroma_cell, chroma_cell,
+                       2, 0, 40, 30, 1, 0, luma, chroma)  # fmt: skip

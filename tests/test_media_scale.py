@@ -267,3 +267,26 @@ def test_without_the_extension_shrinking_falls_back_to_opencv_and_says_so_once(
             assert (out == expected).all()
     assert len([r for r in caplog.records if "OpenCV" in r.getMessage()]) == 1
     _scale._fallback_warning.cache_clear()
+
+
+def test_paint_picture_without_the_extension_is_bars_plus_the_opencv_chain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The canvas's one-call tile path falls back to three OpenCV resizes and numpy bars."""
+    frame = PatternVideoTrack(width=640, height=480, seed=4, label="p").render(2, 1000)
+    src = planes_of(frame)
+    monkeypatch.setattr(_scale, "_resample", None)
+    cell = (np.full((181, 321), 3, np.uint8), *(np.full((90, 160), 3, np.uint8) for _ in "uv"))
+    _scale.paint_picture(src, cell, 42, 0, 240, 180, 21, 0)
+    assert (cell[0][:, :42] == 16).all()
+    assert (cell[0][:180, 282:] == 16).all()
+    assert (cell[0][180:] == 16).all()
+    assert (cell[1][:, :21] == 128).all()
+    assert (cell[2][:, 141:] == 128).all()
+    expected = np.zeros((180, 240), np.uint8)
+    _scale_cv.resize_into(src[0], expected)
+    assert (cell[0][:180, 42:282] == expected).all()
+    expected_u = np.zeros((90, 120), np.uint8)
+    _scale_cv.resize_into(src[1], expected_u, sharpen=False)
+    assert (cell[1][:, 21:141] == expected_u).all()
+    _scale._fallback_warning.cache_clear()
