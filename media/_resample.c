@@ -10,6 +10,9 @@
  * The filters are not designed here: media._scale computes them (swscale's bicubic, already
  * quantised to 14 bits, each output's weights summing to exactly 1 << 14) and caches them.
  * This file checks that they stay inside the planes and applies them with the GIL released.
+ * resize() does one plane; tile() does a canvas cell at once (black bars around the picture,
+ * then Y, U and V), because at 16 tiles per composite the Python around three resize() calls
+ * and four numpy bar fills cost ~15% of the composite.
  *
  * Arithmetic, identical in the AVX2 and the portable path (the tests compare them bytewise):
  *   vertical, ytaps <= SHORT_TAPS: mid = sum_t mulhrs(src << 7, wy[t])   (pixel * 64; each

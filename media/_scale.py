@@ -9,7 +9,9 @@ stretched by the shrink factor so nothing aliases, centre-aligned, clamped at th
 This module designs that filter by mirroring swscale's ``initFilter`` integer arithmetic,
 quantises it to 14-bit weights that sum to exactly 1 so flat colours stay exact, and caches
 it per (input size, output size); the C side only applies it, with the GIL released, so the
-canvas's tile threads run in parallel. Why in C rather than OpenCV: matching swscale takes a
+canvas's tile threads run in parallel. The canvas paints a whole tile (black bars, Y, U, V)
+with one call, :func:`paint_picture`: per-plane calls and numpy bar fills cost ~0.7-1 ms of a
+~6 ms 16-tile composite on one thread. Why in C rather than OpenCV: matching swscale takes a
 kernel that is ~11 taps wide at 2.67x, which no single OpenCV call applies (``INTER_AREA``
 is a box, ``INTER_CUBIC`` does not widen when shrinking), and the OpenCV chain that
 approximated it (``media._scale_cv``) cost more per tile than swscale itself.
@@ -21,8 +23,11 @@ interleaved runs; absolute numbers move by 1.5x), 640x480 inputs on a 1280x720 c
 * luma PSNR of the whole canvas against FFmpeg's filter graph (``python -m bench.compositor``):
   68.7 / 69.2 / 71.8 dB (the OpenCV chain: 48.6 / 51.3 / 51.6); what is left is rounding
   (swscale filters horizontally first, through 15-bit intermediates);
-* compose rate against that graph, same run: 1.35 / 1.42 / 1.21x (medians of 5 runs; the
-  OpenCV chain: ~1.0 / 1.1 / 0.8x);
+* compose rate against that graph, same run: 1.48 / 1.39 / 1.16x (medians of 5 runs,
+  interleaved with 5 runs of the canvas as it was before ``paint_picture``, which gave 1.34 /
+  1.34 / 1.18x; with the machine's second core free the same code reached 1.87 / 1.80 /
+  1.45x, so the two tile threads matter as much as the kernel; the OpenCV chain: ~1.0 / 1.1 /
+  0.8x);
 * one tile (Y, U, V, ``python -m bench.scale``): 222 / 247 / 324 us, swscale on one thread
   359 / 272 / 455 us, the OpenCV chain 427 / 268 / 655 us.
 
