@@ -250,7 +250,8 @@ __attribute__((target("avx2"))) static void hpass_avx2(const Job *j, const int16
 
 #if HAVE_AVX2_PATH
 __attribute__((target("avx2"))) static void vpass_avx2(const Job *j, Py_ssize_t r,
-                                                       int16_t *mid, Py_ssize_t *widened) {
+                                                       int16_t *mid, Py_ssize_t *widened,
+                                                       Py_ssize_t *fetched) {
     if (j->ring == NULL) {
         vpass_long_avx2(j, r, mid);
         return;
@@ -258,6 +259,17 @@ __attribute__((target("avx2"))) static void vpass_avx2(const Job *j, Py_ssize_t 
     Py_ssize_t first = j->ypos[r], end = first + j->ytaps;
     for (Py_ssize_t k = *widened > first ? *widened : first; k < end; k++)
         widen_avx2(j, k);
+    /* The source rows the row after next will widen: fetched now, they arrive while this
+     * row and the next are computed (the plane is usually not in L2). */
+    Py_ssize_t ahead = j->ypos[r + 2 < j->dh ? r + 2 : j->dh - 1] + j->ytaps;
+    for (Py_ssize_t k = *fetched > end ? *fetched : end; k < ahead; k++) {
+        const char *row = (const char *)(j->src + k * j->src_stride);
+        for (Py_ssize_t x = 0; x < j->sw; x += 64)
+            _mm_prefetch(row + x, _MM_HINT_T0);
+        _mm_prefetch(row + j->sw - 1, _MM_HINT_T0);
+    }
+    if (ahead > *fetched)
+        *fetched = ahead;
     *widened = end;
     vpass_short_avx2(j, r, mid);
 }
@@ -268,15 +280,16 @@ static void run(Job *j, int simd) {
 #if HAVE_AVX2_PATH
     if (simd) {
         Py_ssize_t widened = 0; /* source rows [0, widened) have been through the ring */
+        Py_ssize_t fetched = 0; /* and [0, fetched) have been prefetched */
         Py_ssize_t r = 0;
         for (; r + 2 <= j->dh; r += 2) {
-            vpass_avx2(j, r, mid0, &widened);
-            vpass_avx2(j, r + 1, mid1, &widened);
+            vpass_avx2(j, r, mid0, &widened, &fetched);
+            vpass_avx2(j, r + 1, mid1, &widened, &fetched);
             hpass_avx2(j, mid0, mid1, j->dst + r * j->dst_stride,
                        j->dst + (r + 1) * j->dst_stride);
         }
         if (r < j->dh) { /* the odd last row: its twin is computed and dropped */
-            vpass_avx2(j, r, mid0, &widened);
+            vpass_avx2(j, r, mid0, &widened, &fetched);
             hpass_c(j, mid0, j->dst + r * j->dst_stride, 0);
         }
         return;
