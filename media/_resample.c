@@ -37,6 +37,7 @@
 #endif
 
 #define MID_SHIFT 8
+#define MID_ROWS 8 /* rows per horizontal pass on the AVX2 path (see transpose8) */
 #define OUT_SHIFT 20
 
 typedef struct {
@@ -49,11 +50,14 @@ typedef struct {
     const int32_t *ypos;  /* first source row of each output row */
     const int16_t *yw;    /* ytaps weights per output row */
     Py_ssize_t ytaps;
-    const int32_t *xstart; /* first `mid` sample of each block of 8 output pixels */
-    const int16_t *xw;     /* per block: xpairs x 8 outputs x 2 weights (samples 2j, 2j+1) */
+    const int32_t *xstart; /* first (even) `mid` sample of each output pixel, dw rounded up
+                              to a multiple of 8 (the extra outputs have zero weights) */
+    const int16_t *xw;     /* per block of 8 outputs: xpairs x 8 outputs x 2 weights (the
+                              output's samples 2p, 2p + 1 from its start) */
     Py_ssize_t xpairs;
-    int16_t *mid;          /* two intermediate rows, sw + 2 * xpairs each (zeroed slack) */
-    Py_ssize_t mid_stride;
+    int16_t *mid;          /* portable: one intermediate row; AVX2: a block of 8 rows, then
+                              the same block transposed (MID_ROWS * mid_stride each) */
+    Py_ssize_t mid_stride; /* sw + 2 * xpairs rounded up to 16; zeroed past sw */
     int16_t *ring;         /* SHORT_TAPS: ytaps source rows as int16 (pixel << 7) */
     Py_ssize_t ring_stride;
 } Job;
@@ -91,17 +95,14 @@ static void vpass_c(const Job *j, Py_ssize_t r, int16_t *mid, Py_ssize_t x0) {
     }
 }
 
-static void hpass_c(const Job *j, const int16_t *mid, uint8_t *out, Py_ssize_t g0) {
-    for (Py_ssize_t g = g0; 8 * g < j->dw; g++) {
-        const int16_t *s = mid + j->xstart[g];
-        const int16_t *w = j->xw + g * j->xpairs * 16;
-        for (Py_ssize_t k = 0; k < 8 && 8 * g + k < j->dw; k++) {
-            int32_t acc = 1 << (OUT_SHIFT - 1);
-            for (Py_ssize_t p = 0; p < j->xpairs; p++)
-                acc += (int32_t)w[16 * p + 2 * k] * s[2 * p] +
-                       (int32_t)w[16 * p + 2 * k + 1] * s[2 * p + 1];
-            out[8 * g + k] = clamp_u8(acc >> OUT_SHIFT);
-        }
+static void hpass_c(const Job *j, const int16_t *mid, uint8_t *out) {
+    for (Py_ssize_t x = 0; x < j->dw; x++) {
+        const int16_t *s = mid + j->xstart[x];
+        const int16_t *w = j->xw + (x / 8) * j->xpairs * 16 + 2 * (x % 8);
+        int32_t acc = 1 << (OUT_SHIFT - 1);
+        for (Py_ssize_t p = 0; p < j->xpairs; p++)
+            acc += (int32_t)w[16 * p] * s[2 * p] + (int32_t)w[16 * p + 1] * s[2 * p + 1];
+        out[x] = clamp_u8(acc >> OUT_SHIFT);
     }
 }
 
@@ -205,43 +206,86 @@ __attribute__((target("avx2"))) static void vpass_long_avx2(const Job *j, Py_ssi
         vpass_c(j, r, mid, x);
 }
 
-/* 8 output pixels per block as one dense product: for each sample pair (2p, 2p+1) of the
- * block's span, broadcast the pair (a plain load, no shuffle) and pmaddwd it with the 8
- * outputs' weights for those samples. Zero weights pad each block to the widest span, which
- * costs less than reducing per-output dot products across lanes. Two rows at a time, so each
- * weight load serves two products. */
-__attribute__((target("avx2"))) static inline __m256i bcast_pair(const int16_t *s) {
-    int32_t v;
-    memcpy(&v, s, sizeof v);
-    return _mm256_set1_epi32(v);
-}
-
-__attribute__((target("avx2"))) static inline void store8(uint8_t *out, __m256i acc) {
-    __m256i v = _mm256_srai_epi32(acc, OUT_SHIFT);
-    __m128i v16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    _mm_storel_epi64((__m128i *)out, _mm_packus_epi16(v16, v16));
-}
-
-__attribute__((target("avx2"))) static void hpass_avx2(const Job *j, const int16_t *mid0,
-                                                       const int16_t *mid1, uint8_t *out0,
-                                                       uint8_t *out1) {
-    const Py_ssize_t pairs = j->xpairs, full = j->dw / 8;
-    const __m256i round = _mm256_set1_epi32(1 << (OUT_SHIFT - 1));
-    for (Py_ssize_t g = 0; g < full; g++) {
-        const int16_t *s0 = mid0 + j->xstart[g], *s1 = mid1 + j->xstart[g];
-        const __m256i *w = (const __m256i *)(j->xw + g * pairs * 16);
-        __m256i a0 = round, a1 = round;
-        for (Py_ssize_t p = 0; p < pairs; p++) {
-            __m256i wp = _mm256_loadu_si256(w + p);
-            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(bcast_pair(s0 + 2 * p), wp));
-            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(bcast_pair(s1 + 2 * p), wp));
+/* The horizontal pass runs on MID_ROWS = 8 rows at once, transposed: a vector holds one
+ * sample pair (2k, 2k+1) of all 8 rows, so an output pixel costs one pmaddwd per pair of its
+ * own taps (its weights broadcast: they are the same for every row) and no lane ever
+ * multiplies a weight that is not that output's. The row-wise alternative, 8 neighbouring
+ * outputs per vector, must pad every output to the 8 outputs' common span: at 2.67x that
+ * is 30 weights per output for 11 taps, and the pass cost ~40% of a plane. Here it is
+ * ceil((taps + 1) / 2) pairs (the start is even), plus 16 shuffles per 128 samples for the
+ * transpose and 10 per 64 outputs to turn them back into rows. */
+__attribute__((target("avx2"))) static void transpose8(const int16_t *block, Py_ssize_t stride,
+                                                       int16_t *out) {
+    __m256i *t = (__m256i *)out;
+    for (Py_ssize_t k = 0; k < stride; k += 16, t += 8) {
+        for (int h = 0; h < 2; h++) { /* sample pairs k/2 + 4h .. + 3 */
+            __m256i a[4];
+            for (int i = 0; i < 4; i++) { /* rows i | i + 4: lane 0 | lane 1 */
+                const int16_t *p = block + i * stride + k + 8 * h;
+                a[i] = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
+                    _mm_loadu_si128((const __m128i *)(p + 4 * stride)), 1);
+            }
+            __m256i t0 = _mm256_unpacklo_epi32(a[0], a[1]), t1 = _mm256_unpacklo_epi32(a[2], a[3]);
+            __m256i t2 = _mm256_unpackhi_epi32(a[0], a[1]), t3 = _mm256_unpackhi_epi32(a[2], a[3]);
+            _mm256_storeu_si256(t + 4 * h, _mm256_unpacklo_epi64(t0, t1));
+            _mm256_storeu_si256(t + 4 * h + 1, _mm256_unpackhi_epi64(t0, t1));
+            _mm256_storeu_si256(t + 4 * h + 2, _mm256_unpacklo_epi64(t2, t3));
+            _mm256_storeu_si256(t + 4 * h + 3, _mm256_unpackhi_epi64(t2, t3));
         }
-        store8(out0 + 8 * g, a0);
-        store8(out1 + 8 * g, a1);
     }
-    if (8 * full < j->dw) {
-        hpass_c(j, mid0, out0, full);
-        hpass_c(j, mid1, out1, full);
+}
+
+/* Rows [0, rows) of the 8 x dw outputs from the transposed block `tr` into out (stride). */
+__attribute__((target("avx2"))) static void hpass8_avx2(const Job *j, const int16_t *tr,
+                                                        uint8_t *out, Py_ssize_t stride,
+                                                        Py_ssize_t rows) {
+    const Py_ssize_t pairs = j->xpairs;
+    const __m256i *t = (const __m256i *)tr;
+    const __m256i round = _mm256_set1_epi32(1 << (OUT_SHIFT - 1));
+    /* within each lane, bytes (output o, row r) at 4o + r go to 4r + o */
+    const __m256i rows_first = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7,
+                                                11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14,
+                                                3, 7, 11, 15);
+    static const int row_at[8] = {0, 8, 32, 40, 16, 24, 48, 56};
+    for (Py_ssize_t x0 = 0; x0 < j->dw; x0 += 8) {
+        /* the 8 outputs side by side: 8 independent sums, one weight pointer */
+        const int32_t *start = j->xstart + x0;
+        const __m256i *s = t + start[0] / 2;
+        Py_ssize_t d[8];
+        for (int o = 0; o < 8; o++)
+            d[o] = (start[o] - start[0]) / 2;
+        const int16_t *w = j->xw + x0 * 2 * pairs;
+        __m256i acc[8];
+        for (int o = 0; o < 8; o++)
+            acc[o] = round;
+        for (Py_ssize_t p = 0; p < pairs; p++, s++, w += 16) {
+            for (int o = 0; o < 8; o++) {
+                int32_t wp;
+                memcpy(&wp, w + 2 * o, sizeof wp);
+                acc[o] = _mm256_add_epi32(acc[o], _mm256_madd_epi16(_mm256_loadu_si256(s + d[o]),
+                                                                    _mm256_set1_epi32(wp)));
+            }
+        }
+        for (int o = 0; o < 8; o++) /* output x0 + o of rows 0-3 | 4-7 */
+            acc[o] = _mm256_srai_epi32(acc[o], OUT_SHIFT);
+        __m256i b0 = _mm256_packus_epi16(_mm256_packs_epi32(acc[0], acc[1]),
+                                         _mm256_packs_epi32(acc[2], acc[3]));
+        __m256i b1 = _mm256_packus_epi16(_mm256_packs_epi32(acc[4], acc[5]),
+                                         _mm256_packs_epi32(acc[6], acc[7]));
+        b0 = _mm256_shuffle_epi8(b0, rows_first); /* outputs 0-3 of rows 0-3 | 4-7 */
+        b1 = _mm256_shuffle_epi8(b1, rows_first); /* outputs 4-7 */
+        uint8_t tmp[64]; /* rows 0, 1, 4, 5, then 2, 3, 6, 7: 8 bytes each */
+        _mm256_storeu_si256((__m256i *)tmp, _mm256_unpacklo_epi32(b0, b1));
+        _mm256_storeu_si256((__m256i *)(tmp + 32), _mm256_unpackhi_epi32(b0, b1));
+        Py_ssize_t cols = j->dw - x0;
+        if (cols >= 8) {
+            for (Py_ssize_t r = 0; r < rows; r++)
+                memcpy(out + r * stride + x0, tmp + row_at[r], 8);
+        } else {
+            for (Py_ssize_t r = 0; r < rows; r++)
+                memcpy(out + r * stride + x0, tmp + row_at[r], (size_t)cols);
+        }
     }
 }
 #endif
@@ -276,31 +320,38 @@ __attribute__((target("avx2"))) static void vpass_avx2(const Job *j, Py_ssize_t 
 #endif
 
 static void run(Job *j, int simd) {
-    int16_t *mid0 = j->mid, *mid1 = j->mid + j->mid_stride;
+    const Py_ssize_t stride = j->mid_stride;
 #if HAVE_AVX2_PATH
     if (simd) {
+        int16_t *block = j->mid, *tr = j->mid + MID_ROWS * stride;
         Py_ssize_t widened = 0; /* source rows [0, widened) have been through the ring */
         Py_ssize_t fetched = 0; /* and [0, fetched) have been prefetched */
-        Py_ssize_t r = 0;
-        for (; r + 2 <= j->dh; r += 2) {
-            vpass_avx2(j, r, mid0, &widened, &fetched);
-            vpass_avx2(j, r + 1, mid1, &widened, &fetched);
-            hpass_avx2(j, mid0, mid1, j->dst + r * j->dst_stride,
-                       j->dst + (r + 1) * j->dst_stride);
-        }
-        if (r < j->dh) { /* the odd last row: its twin is computed and dropped */
-            vpass_avx2(j, r, mid0, &widened, &fetched);
-            hpass_c(j, mid0, j->dst + r * j->dst_stride, 0);
+        for (Py_ssize_t i = 0; i < MID_ROWS; i++) /* the slack reads as zeros */
+            memset(block + i * stride + j->sw, 0, (size_t)(stride - j->sw) * sizeof(int16_t));
+        for (Py_ssize_t r = 0; r < j->dh; r += MID_ROWS) {
+            Py_ssize_t rows = j->dh - r < MID_ROWS ? j->dh - r : MID_ROWS;
+            for (Py_ssize_t i = 0; i < rows; i++)
+                vpass_avx2(j, r + i, block + i * stride, &widened, &fetched);
+            for (Py_ssize_t i = rows; i < MID_ROWS; i++) /* computed and dropped */
+                memset(block + i * stride, 0, (size_t)stride * sizeof(int16_t));
+            transpose8(block, stride, tr);
+            hpass8_avx2(j, tr, j->dst + r * j->dst_stride, j->dst_stride, rows);
         }
         return;
     }
 #endif
     (void)simd;
-    (void)mid1;
+    memset(j->mid + j->sw, 0, (size_t)(stride - j->sw) * sizeof(int16_t));
     for (Py_ssize_t r = 0; r < j->dh; r++) {
-        vpass_c(j, r, mid0, 0);
-        hpass_c(j, mid0, j->dst + r * j->dst_stride, 0);
+        vpass_c(j, r, j->mid, 0);
+        hpass_c(j, j->mid, j->dst + r * j->dst_stride);
     }
+}
+
+/* The intermediate rows' length: room for any output's 2 * pairs samples from an even start
+ * at most sw, in whole 16-sample vectors. */
+static Py_ssize_t mid_stride(Py_ssize_t sw, Py_ssize_t pairs) {
+    return (sw + 2 * pairs + 15) & ~(Py_ssize_t)15;
 }
 
 static int have_avx2 = 0;
@@ -341,16 +392,17 @@ static int check_y(Py_buffer *pos, Py_buffer *w, Py_ssize_t n_out, Py_ssize_t ta
 
 static int check_x(Py_buffer *start, Py_buffer *w, Py_ssize_t n_out, Py_ssize_t pairs,
                    Py_ssize_t n_in) {
-    Py_ssize_t blocks = (n_out + 7) / 8;
-    if (pairs < 1 || start->len != blocks * (Py_ssize_t)sizeof(int32_t) ||
-        w->len != blocks * pairs * 16 * (Py_ssize_t)sizeof(int16_t)) {
+    Py_ssize_t padded = (n_out + 7) & ~(Py_ssize_t)7;
+    if (pairs < 1 || start->len != padded * (Py_ssize_t)sizeof(int32_t) ||
+        w->len != padded * pairs * 2 * (Py_ssize_t)sizeof(int16_t)) {
         PyErr_SetString(PyExc_ValueError, "x filter does not match the planes");
         return -1;
     }
     const int32_t *p = (const int32_t *)start->buf;
-    for (Py_ssize_t i = 0; i < blocks; i++) {
-        if (p[i] < 0 || p[i] > n_in) {
-            PyErr_SetString(PyExc_ValueError, "x filter blocks must start in the plane");
+    for (Py_ssize_t i = 0; i < padded; i++) {
+        if (p[i] < 0 || p[i] > n_in || p[i] % 2 != 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "x filter outputs must start in the plane, on an even sample");
             return -1;
         }
     }
@@ -361,8 +413,9 @@ PyDoc_STRVAR(resize_doc,
              "resize(src, dst, ypos, yweights, ytaps, xstart, xweights, xpairs, simd=True)\n\n"
              "Resample the uint8 plane src into dst (rows contiguous, any row stride).\n"
              "Rows: output row r is the sum of ytaps source rows from ypos[r] (int32, in order)\n"
-             "with int16 weights yweights[r * ytaps:]. Columns, per block b of 8 outputs: the\n"
-             "sum over 2 * xpairs samples from xstart[b], with int16 weights laid out as\n"
+             "with int16 weights yweights[r * ytaps:]. Columns: output x is the sum of\n"
+             "2 * xpairs samples from xstart[x] (even); xstart covers dw rounded up to a\n"
+             "multiple of 8, and the int16 weights are laid out per block of 8 outputs as\n"
              "[pair][output][2]; samples past the row end read as zero. Weights are 14-bit\n"
              "(1 << 14 is 1). The GIL is released while resampling; simd=False forces the\n"
              "portable code, which gives the same bytes.");
@@ -412,10 +465,9 @@ static PyObject *resize(PyObject *self, PyObject *args, PyObject *kwargs) {
         check_x(&xstart, &xw, j.dw, xpairs, j.sw) < 0)
         goto done;
     simd = simd && have_avx2;
-    /* Two intermediate rows, each with zeroed slack so a block may read 2 * xpairs samples
-     * from any start within the row; and for short filters the ring of widened rows. */
-    j.mid_stride = j.sw + 2 * xpairs;
-    j.mid = (int16_t *)calloc((size_t)(2 * j.mid_stride), sizeof(int16_t));
+    /* The intermediate rows (see run) and for short filters the ring of widened rows. */
+    j.mid_stride = mid_stride(j.sw, xpairs);
+    j.mid = (int16_t *)malloc((size_t)(2 * MID_ROWS * j.mid_stride) * sizeof(int16_t));
     j.ring_stride = (j.sw + 15) & ~(Py_ssize_t)15;
     if (simd && ytaps <= SHORT_TAPS)
         j.ring = (int16_t *)malloc((size_t)(ytaps * j.ring_stride) * sizeof(int16_t));
@@ -555,10 +607,10 @@ static PyObject *tile(PyObject *self, PyObject *args, PyObject *kwargs) {
         if (check_y(&f->pos, &f->w, j->dh, j->ytaps, src->shape[0]) < 0 ||
             check_x(&f->xstart, &f->xw, j->dw, j->xpairs, j->sw) < 0)
             goto done;
-        j->mid_stride = j->sw + 2 * j->xpairs;
+        j->mid_stride = mid_stride(j->sw, j->xpairs);
         j->ring_stride = (j->sw + 15) & ~(Py_ssize_t)15;
-        if (2 * j->mid_stride > mid_len)
-            mid_len = 2 * j->mid_stride;
+        if (2 * MID_ROWS * j->mid_stride > mid_len)
+            mid_len = 2 * MID_ROWS * j->mid_stride;
         if (j->ytaps <= SHORT_TAPS && j->ytaps * j->ring_stride > ring_len)
             ring_len = j->ytaps * j->ring_stride;
     }
@@ -578,7 +630,6 @@ static PyObject *tile(PyObject *self, PyObject *args, PyObject *kwargs) {
         fill_around((uint8_t *)cell->buf, cell->strides[0], cell->shape[0], cell->shape[1], b[0],
                     b[1], b[2], b[3], i == 0 ? 16 : 128);
         j->mid = mid;
-        memset(mid, 0, (size_t)(2 * j->mid_stride) * sizeof(int16_t));
         j->ring = simd && j->ytaps <= SHORT_TAPS ? ring : NULL;
         run(j, simd);
     }

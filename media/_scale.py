@@ -175,24 +175,25 @@ def _rows(n_in: int, n_out: int) -> _Filter:
 
 @lru_cache(maxsize=64)
 def _columns(n_in: int, n_out: int) -> _Filter:
-    """The horizontal filter for the C side, in blocks of 8 outputs: each block's first
-    sample (int32), then per block, for each pair of samples from there, the 8 outputs'
-    two weights (int16, [pair][output][2]), and the number of pairs, the widest block's.
+    """The horizontal filter for the C side: each output's first sample (int32, even), its
+    ``2 * pairs`` 14-bit weights from there (int16) and ``pairs``, the widest output's.
 
-    The C side applies a block as one dense product (see ``_resample.c``), so a block's
-    weights are laid out per sample pair rather than per output.
+    Both cover ``n_out`` rounded up to a multiple of 8 (the extra outputs are zero weights
+    from sample 0): the C side computes 8 outputs side by side, so the weights are laid out
+    per block of 8 outputs as [pair][output][2]. Starts are even because it multiplies whole
+    sample pairs (see ``_resample.c``); an output whose first tap is odd gets a zero weight in
+    front.
     """
     weights = _quantise(_swscale_bicubic(n_in, n_out))
-    first, taps = _support(weights)
-    blocks = -(-n_out // 8)
-    padded = np.zeros((blocks * 8, n_in), dtype=np.int64)
-    padded[:n_out] = weights
-    first = np.concatenate([first, np.full(blocks * 8 - n_out, first[-1])])
-    last = first + taps  # past each output's last tap (it may pass n_in: reads are zeros)
-    starts = first.reshape(blocks, 8).min(axis=1)
-    pairs = int(-(-(last.reshape(blocks, 8).max(axis=1) - starts).max() // 2))
-    span = _window(padded, np.repeat(starts, 8), 2 * pairs)  # (outputs, 2 * pairs)
-    layout = span.reshape(blocks, 8, pairs, 2).transpose(0, 2, 1, 3)
+    first, _ = _support(weights)
+    last = n_in - 1 - (weights != 0)[:, ::-1].argmax(axis=1)
+    starts = first & ~1
+    pairs = int(((last - starts) // 2).max()) + 1
+    padded = -(-n_out // 8) * 8
+    starts = np.concatenate([starts, np.zeros(padded - n_out, dtype=starts.dtype)])
+    window = np.zeros((padded, 2 * pairs), dtype=np.int16)
+    window[:n_out] = _window(weights, starts[:n_out], 2 * pairs)
+    layout = window.reshape(-1, 8, pairs, 2).transpose(0, 2, 1, 3)  # [block][pair][output][2]
     return starts.astype(np.int32).tobytes(), np.ascontiguousarray(layout).tobytes(), pairs
 
 

@@ -59,11 +59,13 @@ def reference(src: Plane, dh: int, dw: int) -> npt.NDArray[np.float64]:
         else:
             start_b, w_b, pairs = _columns(n_in, n_out)
             starts = np.frombuffer(start_b, np.int32)
-            blocks = np.frombuffer(w_b, np.int16).reshape(len(starts), pairs, 8, 2)
+            assert len(starts) % 8 == 0 and not (starts % 2).any()
+            blocks = np.frombuffer(w_b, np.int16).reshape(len(starts) // 8, pairs, 8, 2)
+            assert not blocks.transpose(0, 2, 1, 3).reshape(-1, 2 * pairs)[n_out:].any()
             for i in range(n_out):
                 g, k = divmod(i, 8)
                 taps = blocks[g, :, k, :].ravel()
-                cols = starts[g] + np.arange(2 * pairs)
+                cols = starts[i] + np.arange(2 * pairs)
                 inside = cols < n_in
                 m[i, cols[inside]] = taps[inside]
                 assert not taps[~inside].any()
@@ -172,6 +174,9 @@ def test_refuses_filters_that_would_read_outside_the_planes() -> None:
     bad_cols = np.frombuffer(xstart, np.int32).copy()
     bad_cols[0] = -1
     with pytest.raises(ValueError, match="x filter"):
+        _resample.resize(src, out, ypos, yweights, ytaps, bad_cols.tobytes(), xweights, xpairs)
+    bad_cols[0] = 1  # the AVX2 path reads whole sample pairs
+    with pytest.raises(ValueError, match="even sample"):
         _resample.resize(src, out, ypos, yweights, ytaps, bad_cols.tobytes(), xweights, xpairs)
     with pytest.raises(ValueError, match="x filter"):
         _resample.resize(src, out, ypos, yweights, ytaps, xstart, xweights, xpairs + 1)
