@@ -1,11 +1,14 @@
 /* media._resample: the separable resampler behind media._scale.resize_into.
  *
- * One 8-bit plane in, one (possibly strided) 8-bit plane out, in two fixed-point passes per
- * output row: a vertical pass (the output row as a weighted sum of `ytaps` contiguous source
- * rows, kept as int16 at 6 fractional bits in `mid`) and a horizontal pass over that row.
- * The vertical pass goes first so the horizontal one, which cannot simply stream, runs on
- * rows that are already short (the output height); doing both per output row keeps `mid` in
- * L1.
+ * One 8-bit plane in, one (possibly strided) 8-bit plane out, in two fixed-point passes: a
+ * vertical pass (each output row as a weighted sum of `ytaps` contiguous source rows, kept as
+ * int16 at 6 fractional bits in `mid`) and a horizontal pass over those rows. The vertical
+ * pass goes first so the horizontal one, which cannot simply stream, runs on rows that are
+ * already short (the output height). The AVX2 path does 8 output rows at a time: vertical
+ * into an 8-row block, a transpose, then the horizontal pass with each vector holding one
+ * sample pair of the 8 rows (see transpose8), all in L1. Source rows are prefetched two
+ * output rows ahead. At 2.67x a 16-tile composite spends ~23% in the vertical pass, ~20%
+ * widening (memory-bound), ~21% in the horizontal pass and transposes.
  *
  * The filters are not designed here: media._scale computes them (swscale's bicubic, already
  * quantised to 14 bits, each output's weights summing to exactly 1 << 14) and caches them.

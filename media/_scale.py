@@ -23,18 +23,19 @@ interleaved runs; absolute numbers move by 1.5x), 640x480 inputs on a 1280x720 c
 * luma PSNR of the whole canvas against FFmpeg's filter graph (``python -m bench.compositor``):
   68.7 / 69.2 / 71.8 dB (the OpenCV chain: 48.6 / 51.3 / 51.6); what is left is rounding
   (swscale filters horizontally first, through 15-bit intermediates);
-* compose rate against that graph, same run: 1.48 / 1.39 / 1.16x (medians of 5 runs,
-  interleaved with 5 runs of the canvas as it was before ``paint_picture``, which gave 1.34 /
-  1.34 / 1.18x; with the machine's second core free the same code reached 1.87 / 1.80 /
-  1.45x, so the two tile threads matter as much as the kernel; the OpenCV chain: ~1.0 / 1.1 /
-  0.8x);
-* one tile (Y, U, V, ``python -m bench.scale``): 222 / 247 / 324 us, swscale on one thread
-  359 / 272 / 455 us, the OpenCV chain 427 / 268 / 655 us.
+* compose rate against that graph, same run: 1.71 / 1.67 / 1.44x (medians of 6 runs,
+  interleaved with 6 runs of the code before the transposed horizontal pass, source
+  prefetching, per-row side bars and cached placements, which gave 1.39 / 1.37 / 1.21x; load
+  average ~5 on the 2 vCPUs, single runs 1.66-1.99x at 16 tiles; the OpenCV chain: ~1.0 /
+  1.1 / 0.8x);
+* one tile (Y, U, V, ``python -m bench.scale``): swscale on one thread takes 1.9 / 1.3 /
+  1.2x callbot's time at 16 / 9 / 4 tiles (before those changes 1.2 / 1.0 / 1.3x in the
+  same period; absolute times doubled between runs with the load).
 
-The kernel runs at about one vector instruction per cycle: at 2.67x a luma plane is ~40%
-vertical pass, ~40% horizontal pass and ~10% widening rows to int16 (see ``_resample.c``).
-The horizontal pass's dense 8-output blocks multiply ~2.7x more zeros than taps; at 1.33x
-that is most of the cost, and the first place to look for more speed.
+Where a 16-tile composite goes on one thread (``perf``): ~23% the vertical pass (ALU-bound:
+one pmulhrsw and one add per tap and 16 pixels), ~20% widening source rows to int16, which
+waits on memory even with prefetching (the frames are not in L2; ~13 GB/s), ~21% the
+horizontal pass with its transposes, and ~10% Python; see ``_resample.c``.
 
 The chroma planes get the same centre-aligned filter as luma. swscale places 4:2:0 chroma
 left-aligned (co-sited with the even luma columns, as MPEG-2 and H.264 do by default), which
