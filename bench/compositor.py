@@ -3,7 +3,10 @@
 For n in (4, 9, 16) decoded 640x480 yuv420p inputs are composed on a 1280x720 yuv420p grid:
 
 * callbot: ``media.canvas.Canvas.compose`` (each plane resized straight into its canvas view,
-  no RGB round trip), labels off; the canvas paints disjoint tiles on its two threads.
+  no RGB round trip; one C call per tile for its bars and three planes), labels off; the canvas
+  paints disjoint tiles on its two threads, so the ratio depends on whether the machine's
+  second core is free (on a 2-vCPU machine at load average ~5, 16 tiles gave 1.66-1.99x
+  between runs, median 1.71x).
 * FFmpeg: one ``av.filter.Graph``: per input ``buffer`` -> ``scale`` to the fitted size from
   ``media.layout.fit`` (default swscale flags, i.e. bicubic: what anyone gets from
   ``ffmpeg -filter_complex``) -> ``pad`` to its cell -> ``xstack`` (same cells, black fill) ->

@@ -5,8 +5,10 @@ around it (fills, bars, the tile thread). This isolates the kernel. For the grid
 shrink factors of 640x480 inputs on a 1280x720 canvas (4 / 9 / 16 tiles: 1.33x / 2x / 2.67x)
 it times one tile, i.e. the Y, U and V planes, each way:
 
-* callbot: ``resize_into`` of each plane into its view of a canvas-sized plane;
-* callbot_soft_chroma: the same with ``sharpen=False`` on the two chroma planes;
+* callbot: ``resize_into`` of each plane into its view of a canvas-sized plane (the C
+  resampler, ``media._resample``);
+* opencv_chain: ``media._scale_cv.resize_into``, the OpenCV chain ``resize_into`` falls back
+  to when the extension is not built (``sharpen=False`` on chroma, as the canvas asks);
 * swscale: ``VideoReformatter.reformat`` of the frame to the tile size with bicubic, what
   FFmpeg's ``scale`` filter does by default (it includes allocating the output frame, as the
   filter does), with swscale's own slice threads (``threads=0``, auto) and with one thread;
@@ -36,6 +38,7 @@ from av.video.reformatter import VideoReformatter
 from bench import _report
 from bench.compositor import CANVAS_H, CANVAS_W, SRC_H, SRC_W, decoded_inputs
 from media._scale import resize_into
+from media._scale_cv import resize_into as opencv_resize_into
 from media._yuv import Plane, planes_of
 from media.layout import fit, grid
 
@@ -58,11 +61,11 @@ def _per_tile(frames: list[av.VideoFrame], w: int, h: int) -> dict[str, Callable
 
         return paint
 
-    def soft_chroma(k: int) -> None:
+    def opencv_chain(k: int) -> None:
         y, u, v = planes[k % len(planes)]
-        resize_into(y, views[0])
-        resize_into(u, views[1], sharpen=False)
-        resize_into(v, views[2], sharpen=False)
+        opencv_resize_into(y, views[0])
+        opencv_resize_into(u, views[1], sharpen=False)
+        opencv_resize_into(v, views[2], sharpen=False)
 
     def cv2_call(interpolation: int) -> Callable[[Plane, Plane], None]:
         def resize(src: Plane, dst: Plane) -> None:
@@ -81,7 +84,7 @@ def _per_tile(frames: list[av.VideoFrame], w: int, h: int) -> dict[str, Callable
 
     return {
         "callbot": each_plane(resize_into),
-        "callbot_soft_chroma": soft_chroma,
+        "opencv_chain": opencv_chain,
         "swscale": swscale(0),
         "swscale_1_thread": swscale(1),
         "cv2_area": each_plane(cv2_call(cv2.INTER_AREA)),
@@ -105,7 +108,7 @@ def measure(n: int, frames: list[av.VideoFrame], rounds: int) -> dict[str, float
     """Medians (us per tile) for the tile size of an ``n``-tile grid; see the module docstring."""
     tile = fit(SRC_W, SRC_H, grid(n, CANVAS_W, CANVAS_H)[0])
     sides = _per_tile(frames, tile.w, tile.h)
-    for paint in sides.values():  # warm up scratch planes, FIR design, swscale contexts
+    for paint in sides.values():  # warm up filter design, scratch planes, swscale contexts
         for k in range(3):
             paint(k)
     costs: dict[str, list[float]] = {name: [] for name in sides}

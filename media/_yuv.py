@@ -10,6 +10,7 @@ from __future__ import annotations
 import av
 import numpy as np
 import numpy.typing as npt
+from av.video.plane import VideoPlane
 
 Plane = npt.NDArray[np.uint8]
 
@@ -56,10 +57,15 @@ def to_frame(buf: npt.NDArray[np.uint8], width: int, height: int) -> av.VideoFra
 
 
 def planes_of(frame: av.VideoFrame) -> tuple[Plane, Plane, Plane]:
-    """Read-only-by-convention 2-D views of a yuv420p frame's planes (no copy)."""
-    out: list[Plane] = []
-    for plane in frame.planes:
-        size = plane.line_size * plane.height
-        data = np.frombuffer(memoryview(plane), dtype=np.uint8, count=size)
-        out.append(data.reshape(plane.height, plane.line_size)[:, : plane.width])
-    return out[0], out[1], out[2]
+    """Read-only-by-convention 2-D views of a yuv420p frame's planes (no copy).
+
+    One ``ndarray`` constructor per plane rather than ``frombuffer``, ``reshape`` and a slice:
+    a third of the time, and the compositor calls this for every tile of every composite.
+    """
+    y, u, v = frame.planes
+    return _view(y), _view(u), _view(v)
+
+
+def _view(plane: VideoPlane) -> Plane:
+    buf = memoryview(plane)
+    return np.ndarray((plane.height, plane.width), np.uint8, buf, 0, (plane.line_size, 1))

@@ -1,0 +1,695 @@
+/* media._resample: the separable resampler behind media._scale.resize_into.
+ *
+ * One 8-bit plane in, one (possibly strided) 8-bit plane out, in two fixed-point passes: a
+ * vertical pass (each output row as a weighted sum of `ytaps` contiguous source rows, kept as
+ * int16 at 6 fractional bits in `mid`) and a horizontal pass over those rows. The vertical
+ * pass goes first so the horizontal one, which cannot simply stream, runs on rows that are
+ * already short (the output height). The AVX2 path does 8 output rows at a time: vertical
+ * into an 8-row block, a transpose, then the horizontal pass with each vector holding one
+ * sample pair of the 8 rows (see transpose8), all in L1. Source rows are prefetched two
+ * output rows ahead. At 2.67x a 16-tile composite spends ~23% in the vertical pass, ~20%
+ * widening (memory-bound), ~21% in the horizontal pass and transposes.
+ *
+ * The filters are not designed here: media._scale computes them (swscale's bicubic, already
+ * quantised to 14 bits, each output's weights summing to exactly 1 << 14) and caches them.
+ * This file checks that they stay inside the planes and applies them with the GIL released.
+ * resize() does one plane; tile() does a canvas cell at once (black bars around the picture,
+ * then Y, U and V), because at 16 tiles per composite the Python around three resize() calls
+ * and four numpy bar fills cost ~15% of the composite.
+ *
+ * Arithmetic, identical in the AVX2 and the portable path (the tests compare them bytewise):
+ *   vertical, ytaps <= SHORT_TAPS: mid = sum_t mulhrs(src << 7, wy[t])   (pixel * 64; each
+ *                                  product rounded, as pmulhrsw does)
+ *   vertical, longer filters:      mid = (sum_t wy[t] * src + (1 << 7)) >> 8
+ *   horizontal: out = clamp((sum wx * mid + (1 << 19)) >> 20, 0, 255)    (exact int32 sums)
+ * A flat plane comes out exactly (see SHORT_TAPS). The bicubic's negative lobes keep `mid`
+ * within about [-1700, 18000], so int16 never saturates and the int32 sums stay far below
+ * 2^31.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define HAVE_AVX2_PATH 1
+#include <immintrin.h>
+#else
+#define HAVE_AVX2_PATH 0
+#endif
+
+#define MID_SHIFT 8
+#define MID_ROWS 8 /* rows per horizontal pass on the AVX2 path (see transpose8) */
+#define OUT_SHIFT 20
+
+typedef struct {
+    const uint8_t *src;
+    Py_ssize_t src_stride;
+    Py_ssize_t sw;
+    uint8_t *dst;
+    Py_ssize_t dst_stride;
+    Py_ssize_t dh, dw;
+    const int32_t *ypos;  /* first source row of each output row */
+    const int16_t *yw;    /* ytaps weights per output row */
+    Py_ssize_t ytaps;
+    const int32_t *xstart; /* first (even) `mid` sample of each output pixel, dw rounded up
+                              to a multiple of 8 (the extra outputs have zero weights) */
+    const int16_t *xw;     /* per block of 8 outputs: xpairs x 8 outputs x 2 weights (the
+                              output's samples 2p, 2p + 1 from its start) */
+    Py_ssize_t xpairs;
+    int16_t *mid;          /* portable: one intermediate row; AVX2: a block of 8 rows, then
+                              the same block transposed (MID_ROWS * mid_stride each) */
+    Py_ssize_t mid_stride; /* sw + 2 * xpairs rounded up to 16; zeroed past sw */
+    int16_t *ring;         /* SHORT_TAPS: ytaps source rows as int16 (pixel << 7) */
+    Py_ssize_t ring_stride;
+    Py_ssize_t bar_left, bar_right; /* tile(): bytes to fill left and right of each row */
+    uint8_t bar_value;
+} Job;
+
+/* tile()'s side bars, written with the rows they flank: filled up front they were ~7% of a
+ * 16-tile composite, short stores each missing the cache with nothing to overlap them. */
+static void side_bars(const Job *j, uint8_t *out, Py_ssize_t rows) {
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        memset(out + r * j->dst_stride - j->bar_left, j->bar_value, (size_t)j->bar_left);
+        memset(out + r * j->dst_stride + j->dw, j->bar_value, (size_t)j->bar_right);
+    }
+}
+
+/* Up to this many vertical taps the vertical pass rounds every product (pmulhrsw): each tap
+ * is off by at most half a step of 1/64, and below 53 taps that can never move the final
+ * rounding of a flat plane. Longer filters (shrinks beyond ~12x) sum exactly in int32. */
+#define SHORT_TAPS 48
+
+static inline int16_t mulhrs(int16_t a, int16_t b) {
+    return (int16_t)(((((int32_t)a * b) >> 14) + 1) >> 1);
+}
+
+static inline uint8_t clamp_u8(int32_t v) { return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v); }
+
+/* ------------------------------------------------------------------ portable path */
+
+static void vpass_c(const Job *j, Py_ssize_t r, int16_t *mid, Py_ssize_t x0) {
+    const uint8_t *rows = j->src + (Py_ssize_t)j->ypos[r] * j->src_stride;
+    const int16_t *w = j->yw + r * j->ytaps;
+    if (j->ytaps <= SHORT_TAPS) {
+        for (Py_ssize_t x = x0; x < j->sw; x++) {
+            int32_t acc = 0;
+            for (Py_ssize_t t = 0; t < j->ytaps; t++)
+                acc += mulhrs((int16_t)(rows[t * j->src_stride + x] << 7), w[t]);
+            mid[x] = (int16_t)acc;
+        }
+        return;
+    }
+    for (Py_ssize_t x = x0; x < j->sw; x++) {
+        int32_t acc = 1 << (MID_SHIFT - 1);
+        for (Py_ssize_t t = 0; t < j->ytaps; t++)
+            acc += (int32_t)w[t] * rows[t * j->src_stride + x];
+        mid[x] = (int16_t)(acc >> MID_SHIFT);
+    }
+}
+
+static void hpass_c(const Job *j, const int16_t *mid, uint8_t *out) {
+    for (Py_ssize_t x = 0; x < j->dw; x++) {
+        const int16_t *s = mid + j->xstart[x];
+        const int16_t *w = j->xw + (x / 8) * j->xpairs * 16 + 2 * (x % 8);
+        int32_t acc = 1 << (OUT_SHIFT - 1);
+        for (Py_ssize_t p = 0; p < j->xpairs; p++)
+            acc += (int32_t)w[16 * p] * s[2 * p] + (int32_t)w[16 * p + 1] * s[2 * p + 1];
+        out[x] = clamp_u8(acc >> OUT_SHIFT);
+    }
+}
+
+/* ------------------------------------------------------------------ AVX2 path */
+
+#if HAVE_AVX2_PATH
+/* Source row k as int16 (pixel << 7) into ring slot k % ytaps. */
+__attribute__((target("avx2"))) static void widen_avx2(const Job *j, Py_ssize_t k) {
+    const uint8_t *s = j->src + k * j->src_stride;
+    int16_t *d = j->ring + (k % j->ytaps) * j->ring_stride;
+    Py_ssize_t x = 0;
+    for (; x + 16 <= j->sw; x += 16) {
+        __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s + x)));
+        _mm256_storeu_si256((__m256i *)(d + x), _mm256_slli_epi16(v, 7));
+    }
+    for (; x < j->sw; x++)
+        d[x] = (int16_t)(s[x] << 7);
+}
+
+/* Short filters: one pmulhrsw and one add per 16 pixels and tap, on rows widened once each
+ * (a source row serves ytaps / shrink output rows), so no shuffles in the inner loop. */
+__attribute__((target("avx2"))) static void vpass_short_avx2(const Job *j, Py_ssize_t r,
+                                                             int16_t *mid) {
+    const int16_t *w = j->yw + r * j->ytaps;
+    const Py_ssize_t taps = j->ytaps, first = j->ypos[r];
+    const int16_t *rows[SHORT_TAPS];
+    __m256i wv[SHORT_TAPS];
+    for (Py_ssize_t t = 0; t < taps; t++) {
+        rows[t] = j->ring + ((first + t) % taps) * j->ring_stride;
+        wv[t] = _mm256_set1_epi16(w[t]);
+    }
+    Py_ssize_t x = 0;
+    /* 64 pixels per tap: the row pointer and weight loads are shared by four vectors. */
+    for (; x + 64 <= j->sw; x += 64) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        for (Py_ssize_t t = 0; t < taps; t++) {
+            const __m256i *p = (const __m256i *)(rows[t] + x);
+            a0 = _mm256_add_epi16(a0, _mm256_mulhrs_epi16(_mm256_loadu_si256(p), wv[t]));
+            a1 = _mm256_add_epi16(a1, _mm256_mulhrs_epi16(_mm256_loadu_si256(p + 1), wv[t]));
+            a2 = _mm256_add_epi16(a2, _mm256_mulhrs_epi16(_mm256_loadu_si256(p + 2), wv[t]));
+            a3 = _mm256_add_epi16(a3, _mm256_mulhrs_epi16(_mm256_loadu_si256(p + 3), wv[t]));
+        }
+        __m256i *m = (__m256i *)(mid + x);
+        _mm256_storeu_si256(m, a0);
+        _mm256_storeu_si256(m + 1, a1);
+        _mm256_storeu_si256(m + 2, a2);
+        _mm256_storeu_si256(m + 3, a3);
+    }
+    for (; x + 16 <= j->sw; x += 16) {
+        __m256i a0 = _mm256_setzero_si256();
+        for (Py_ssize_t t = 0; t < taps; t++)
+            a0 = _mm256_add_epi16(
+                a0, _mm256_mulhrs_epi16(_mm256_loadu_si256((const __m256i *)(rows[t] + x)), wv[t]));
+        _mm256_storeu_si256((__m256i *)(mid + x), a0);
+    }
+    for (; x < j->sw; x++) {
+        int32_t acc = 0;
+        for (Py_ssize_t t = 0; t < taps; t++)
+            acc += mulhrs(rows[t][x], w[t]);
+        mid[x] = (int16_t)acc;
+    }
+}
+
+/* Long filters: exact int32 sums. Tap pairs interleaved byte-wise, widened to int16 pairs and
+ * multiplied by (w[t], w[t+1]) with one pmaddwd; the in-lane unpack order is undone by the
+ * in-lane packs at the end plus one cross-lane permute. */
+__attribute__((target("avx2"))) static void vpass_long_avx2(const Job *j, Py_ssize_t r,
+                                                            int16_t *mid) {
+    const uint8_t *rows = j->src + (Py_ssize_t)j->ypos[r] * j->src_stride;
+    const int16_t *w = j->yw + r * j->ytaps;
+    const Py_ssize_t stride = j->src_stride, taps = j->ytaps;
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i round = _mm256_set1_epi32(1 << (MID_SHIFT - 1));
+    Py_ssize_t x = 0;
+    for (; x + 32 <= j->sw; x += 32) {
+        __m256i a0 = round, a1 = round, a2 = round, a3 = round;
+        for (Py_ssize_t t = 0; t < taps; t += 2) {
+            const uint8_t *p = rows + t * stride + x;
+            int last = t + 1 >= taps;
+            __m256i ra = _mm256_loadu_si256((const __m256i *)p);
+            __m256i rb = last ? ra : _mm256_loadu_si256((const __m256i *)(p + stride));
+            uint32_t pair = (uint16_t)w[t] | ((uint32_t)(uint16_t)(last ? 0 : w[t + 1]) << 16);
+            __m256i wp = _mm256_set1_epi32((int32_t)pair);
+            __m256i lo = _mm256_unpacklo_epi8(ra, rb);
+            __m256i hi = _mm256_unpackhi_epi8(ra, rb);
+            a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_unpacklo_epi8(lo, zero), wp));
+            a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_unpackhi_epi8(lo, zero), wp));
+            a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_unpacklo_epi8(hi, zero), wp));
+            a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_unpackhi_epi8(hi, zero), wp));
+        }
+        /* a0: px 0-3 | 16-19, a1: 4-7 | 20-23, a2: 8-11 | 24-27, a3: 12-15 | 28-31 */
+        __m256i p01 = _mm256_packs_epi32(_mm256_srai_epi32(a0, MID_SHIFT),
+                                         _mm256_srai_epi32(a1, MID_SHIFT)); /* 0-7 | 16-23 */
+        __m256i p23 = _mm256_packs_epi32(_mm256_srai_epi32(a2, MID_SHIFT),
+                                         _mm256_srai_epi32(a3, MID_SHIFT)); /* 8-15 | 24-31 */
+        _mm256_storeu_si256((__m256i *)(mid + x), _mm256_permute2x128_si256(p01, p23, 0x20));
+        _mm256_storeu_si256((__m256i *)(mid + x + 16),
+                            _mm256_permute2x128_si256(p01, p23, 0x31));
+    }
+    if (x < j->sw)
+        vpass_c(j, r, mid, x);
+}
+
+/* The horizontal pass runs on MID_ROWS = 8 rows at once, transposed: a vector holds one
+ * sample pair (2k, 2k+1) of all 8 rows, so an output pixel costs one pmaddwd per pair of its
+ * own taps (its weights broadcast: they are the same for every row) and no lane ever
+ * multiplies a weight that is not that output's. The row-wise alternative, 8 neighbouring
+ * outputs per vector, must pad every output to the 8 outputs' common span: at 2.67x that
+ * is 30 weights per output for 11 taps, and the pass cost ~40% of a plane. Here it is
+ * ceil((taps + 1) / 2) pairs (the start is even), plus 16 shuffles per 128 samples for the
+ * transpose and 10 per 64 outputs to turn them back into rows. */
+__attribute__((target("avx2"))) static void transpose8(const int16_t *block, Py_ssize_t stride,
+                                                       int16_t *out) {
+    __m256i *t = (__m256i *)out;
+    for (Py_ssize_t k = 0; k < stride; k += 16, t += 8) {
+        for (int h = 0; h < 2; h++) { /* sample pairs k/2 + 4h .. + 3 */
+            __m256i a[4];
+            for (int i = 0; i < 4; i++) { /* rows i | i + 4: lane 0 | lane 1 */
+                const int16_t *p = block + i * stride + k + 8 * h;
+                a[i] = _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
+                    _mm_loadu_si128((const __m128i *)(p + 4 * stride)), 1);
+            }
+            __m256i t0 = _mm256_unpacklo_epi32(a[0], a[1]), t1 = _mm256_unpacklo_epi32(a[2], a[3]);
+            __m256i t2 = _mm256_unpackhi_epi32(a[0], a[1]), t3 = _mm256_unpackhi_epi32(a[2], a[3]);
+            _mm256_storeu_si256(t + 4 * h, _mm256_unpacklo_epi64(t0, t1));
+            _mm256_storeu_si256(t + 4 * h + 1, _mm256_unpackhi_epi64(t0, t1));
+            _mm256_storeu_si256(t + 4 * h + 2, _mm256_unpacklo_epi64(t2, t3));
+            _mm256_storeu_si256(t + 4 * h + 3, _mm256_unpackhi_epi64(t2, t3));
+        }
+    }
+}
+
+/* Rows [0, rows) of the 8 x dw outputs from the transposed block `tr` into out (stride). */
+__attribute__((target("avx2"))) static void hpass8_avx2(const Job *j, const int16_t *tr,
+                                                        uint8_t *out, Py_ssize_t stride,
+                                                        Py_ssize_t rows) {
+    const Py_ssize_t pairs = j->xpairs;
+    const __m256i *t = (const __m256i *)tr;
+    const __m256i round = _mm256_set1_epi32(1 << (OUT_SHIFT - 1));
+    /* within each lane, bytes (output o, row r) at 4o + r go to 4r + o */
+    const __m256i rows_first = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7,
+                                                11, 15, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14,
+                                                3, 7, 11, 15);
+    static const int row_at[8] = {0, 8, 32, 40, 16, 24, 48, 56};
+    for (Py_ssize_t x0 = 0; x0 < j->dw; x0 += 8) {
+        /* the 8 outputs side by side: 8 independent sums, one weight pointer */
+        const int32_t *start = j->xstart + x0;
+        const __m256i *s = t + start[0] / 2;
+        Py_ssize_t d[8];
+        for (int o = 0; o < 8; o++)
+            d[o] = (start[o] - start[0]) / 2;
+        const int16_t *w = j->xw + x0 * 2 * pairs;
+        __m256i acc[8];
+        for (int o = 0; o < 8; o++)
+            acc[o] = round;
+        for (Py_ssize_t p = 0; p < pairs; p++, s++, w += 16) {
+            for (int o = 0; o < 8; o++) {
+                int32_t wp;
+                memcpy(&wp, w + 2 * o, sizeof wp);
+                acc[o] = _mm256_add_epi32(acc[o], _mm256_madd_epi16(_mm256_loadu_si256(s + d[o]),
+                                                                    _mm256_set1_epi32(wp)));
+            }
+        }
+        for (int o = 0; o < 8; o++) /* output x0 + o of rows 0-3 | 4-7 */
+            acc[o] = _mm256_srai_epi32(acc[o], OUT_SHIFT);
+        __m256i b0 = _mm256_packus_epi16(_mm256_packs_epi32(acc[0], acc[1]),
+                                         _mm256_packs_epi32(acc[2], acc[3]));
+        __m256i b1 = _mm256_packus_epi16(_mm256_packs_epi32(acc[4], acc[5]),
+                                         _mm256_packs_epi32(acc[6], acc[7]));
+        b0 = _mm256_shuffle_epi8(b0, rows_first); /* outputs 0-3 of rows 0-3 | 4-7 */
+        b1 = _mm256_shuffle_epi8(b1, rows_first); /* outputs 4-7 */
+        uint8_t tmp[64]; /* rows 0, 1, 4, 5, then 2, 3, 6, 7: 8 bytes each */
+        _mm256_storeu_si256((__m256i *)tmp, _mm256_unpacklo_epi32(b0, b1));
+        _mm256_storeu_si256((__m256i *)(tmp + 32), _mm256_unpackhi_epi32(b0, b1));
+        Py_ssize_t cols = j->dw - x0;
+        if (cols >= 8) {
+            for (Py_ssize_t r = 0; r < rows; r++)
+                memcpy(out + r * stride + x0, tmp + row_at[r], 8);
+        } else {
+            for (Py_ssize_t r = 0; r < rows; r++)
+                memcpy(out + r * stride + x0, tmp + row_at[r], (size_t)cols);
+        }
+    }
+}
+#endif
+
+/* ------------------------------------------------------------------ driver */
+
+#if HAVE_AVX2_PATH
+__attribute__((target("avx2"))) static void vpass_avx2(const Job *j, Py_ssize_t r,
+                                                       int16_t *mid, Py_ssize_t *widened,
+                                                       Py_ssize_t *fetched) {
+    if (j->ring == NULL) {
+        vpass_long_avx2(j, r, mid);
+        return;
+    }
+    Py_ssize_t first = j->ypos[r], end = first + j->ytaps;
+    for (Py_ssize_t k = *widened > first ? *widened : first; k < end; k++)
+        widen_avx2(j, k);
+    /* The source rows the row after next will widen: fetched now, they arrive while this
+     * row and the next are computed (the plane is usually not in L2). */
+    Py_ssize_t ahead = j->ypos[r + 2 < j->dh ? r + 2 : j->dh - 1] + j->ytaps;
+    for (Py_ssize_t k = *fetched > end ? *fetched : end; k < ahead; k++) {
+        const char *row = (const char *)(j->src + k * j->src_stride);
+        for (Py_ssize_t x = 0; x < j->sw; x += 64)
+            _mm_prefetch(row + x, _MM_HINT_T0);
+        _mm_prefetch(row + j->sw - 1, _MM_HINT_T0);
+    }
+    if (ahead > *fetched)
+        *fetched = ahead;
+    *widened = end;
+    vpass_short_avx2(j, r, mid);
+}
+#endif
+
+static void run(Job *j, int simd) {
+    const Py_ssize_t stride = j->mid_stride;
+#if HAVE_AVX2_PATH
+    if (simd) {
+        int16_t *block = j->mid, *tr = j->mid + MID_ROWS * stride;
+        Py_ssize_t widened = 0; /* source rows [0, widened) have been through the ring */
+        Py_ssize_t fetched = 0; /* and [0, fetched) have been prefetched */
+        for (Py_ssize_t i = 0; i < MID_ROWS; i++) /* the slack reads as zeros */
+            memset(block + i * stride + j->sw, 0, (size_t)(stride - j->sw) * sizeof(int16_t));
+        for (Py_ssize_t r = 0; r < j->dh; r += MID_ROWS) {
+            Py_ssize_t rows = j->dh - r < MID_ROWS ? j->dh - r : MID_ROWS;
+            for (Py_ssize_t i = 0; i < rows; i++)
+                vpass_avx2(j, r + i, block + i * stride, &widened, &fetched);
+            for (Py_ssize_t i = rows; i < MID_ROWS; i++) /* computed and dropped */
+                memset(block + i * stride, 0, (size_t)stride * sizeof(int16_t));
+            transpose8(block, stride, tr);
+            hpass8_avx2(j, tr, j->dst + r * j->dst_stride, j->dst_stride, rows);
+            side_bars(j, j->dst + r * j->dst_stride, rows);
+        }
+        return;
+    }
+#endif
+    (void)simd;
+    memset(j->mid + j->sw, 0, (size_t)(stride - j->sw) * sizeof(int16_t));
+    for (Py_ssize_t r = 0; r < j->dh; r++) {
+        vpass_c(j, r, j->mid, 0);
+        hpass_c(j, j->mid, j->dst + r * j->dst_stride);
+        side_bars(j, j->dst + r * j->dst_stride, 1);
+    }
+}
+
+/* The intermediate rows' length: room for any output's 2 * pairs samples from an even start
+ * at most sw, in whole 16-sample vectors. */
+static Py_ssize_t mid_stride(Py_ssize_t sw, Py_ssize_t pairs) {
+    return (sw + 2 * pairs + 15) & ~(Py_ssize_t)15;
+}
+
+static int have_avx2 = 0;
+
+static int plane(Py_buffer *view, const char *name, int writable) {
+    if (view->ndim != 2 || view->itemsize != 1 ||
+        (view->format != NULL && strcmp(view->format, "B") != 0)) {
+        PyErr_Format(PyExc_ValueError, "%s must be a 2-D uint8 plane", name);
+        return -1;
+    }
+    if (view->strides[1] != 1) {
+        PyErr_Format(PyExc_ValueError, "%s must have contiguous rows", name);
+        return -1;
+    }
+    if (writable && view->readonly) {
+        PyErr_Format(PyExc_ValueError, "%s is read-only", name);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_y(Py_buffer *pos, Py_buffer *w, Py_ssize_t n_out, Py_ssize_t taps,
+                   Py_ssize_t n_in) {
+    if (taps < 1 || pos->len != n_out * (Py_ssize_t)sizeof(int32_t) ||
+        w->len != n_out * taps * (Py_ssize_t)sizeof(int16_t)) {
+        PyErr_SetString(PyExc_ValueError, "y filter does not match the planes");
+        return -1;
+    }
+    const int32_t *p = (const int32_t *)pos->buf;
+    for (Py_ssize_t i = 0; i < n_out; i++) {
+        if (p[i] < 0 || p[i] > n_in - taps || (i > 0 && p[i] < p[i - 1])) {
+            PyErr_SetString(PyExc_ValueError, "y filter rows must be in the plane, in order");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int check_x(Py_buffer *start, Py_buffer *w, Py_ssize_t n_out, Py_ssize_t pairs,
+                   Py_ssize_t n_in) {
+    Py_ssize_t padded = (n_out + 7) & ~(Py_ssize_t)7;
+    if (pairs < 1 || start->len != padded * (Py_ssize_t)sizeof(int32_t) ||
+        w->len != padded * pairs * 2 * (Py_ssize_t)sizeof(int16_t)) {
+        PyErr_SetString(PyExc_ValueError, "x filter does not match the planes");
+        return -1;
+    }
+    const int32_t *p = (const int32_t *)start->buf;
+    for (Py_ssize_t i = 0; i < padded; i++) {
+        if (p[i] < 0 || p[i] > n_in || p[i] % 2 != 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "x filter outputs must start in the plane, on an even sample");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(resize_doc,
+             "resize(src, dst, ypos, yweights, ytaps, xstart, xweights, xpairs, simd=True)\n\n"
+             "Resample the uint8 plane src into dst (rows contiguous, any row stride).\n"
+             "Rows: output row r is the sum of ytaps source rows from ypos[r] (int32, in order)\n"
+             "with int16 weights yweights[r * ytaps:]. Columns: output x is the sum of\n"
+             "2 * xpairs samples from xstart[x] (even); xstart covers dw rounded up to a\n"
+             "multiple of 8, and the int16 weights are laid out per block of 8 outputs as\n"
+             "[pair][output][2]; samples past the row end read as zero. Weights are 14-bit\n"
+             "(1 << 14 is 1). The GIL is released while resampling; simd=False forces the\n"
+             "portable code, which gives the same bytes.");
+
+static PyObject *resize(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"src",    "dst",      "ypos",   "yweights", "ytaps",
+                             "xstart", "xweights", "xpairs", "simd",     NULL};
+    Py_buffer src = {0}, dst = {0}, ypos = {0}, yw = {0}, xstart = {0}, xw = {0};
+    PyObject *src_obj, *dst_obj;
+    Py_ssize_t ytaps, xpairs;
+    int simd = 1;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOy*y*ny*y*n|p", kwlist, &src_obj, &dst_obj,
+                                     &ypos, &yw, &ytaps, &xstart, &xw, &xpairs, &simd))
+        return NULL;
+    PyObject *result = NULL;
+    Job j;
+    memset(&j, 0, sizeof j);
+    if (PyObject_GetBuffer(src_obj, &src, PyBUF_STRIDES | PyBUF_FORMAT) < 0)
+        goto done;
+    if (PyObject_GetBuffer(dst_obj, &dst, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+        goto done;
+    if (plane(&src, "src", 0) < 0 || plane(&dst, "dst", 1) < 0)
+        goto done;
+    j.src = (const uint8_t *)src.buf;
+    j.src_stride = src.strides[0];
+    j.sw = src.shape[1];
+    j.dst = (uint8_t *)dst.buf;
+    j.dst_stride = dst.strides[0];
+    j.dh = dst.shape[0];
+    j.dw = dst.shape[1];
+    j.ypos = (const int32_t *)ypos.buf;
+    j.yw = (const int16_t *)yw.buf;
+    j.ytaps = ytaps;
+    j.xstart = (const int32_t *)xstart.buf;
+    j.xw = (const int16_t *)xw.buf;
+    j.xpairs = xpairs;
+    if (j.dh == 0 || j.dw == 0) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (src.shape[0] < 1 || j.sw < 1) {
+        PyErr_SetString(PyExc_ValueError, "src is empty");
+        goto done;
+    }
+    if (check_y(&ypos, &yw, j.dh, ytaps, src.shape[0]) < 0 ||
+        check_x(&xstart, &xw, j.dw, xpairs, j.sw) < 0)
+        goto done;
+    simd = simd && have_avx2;
+    /* The intermediate rows (see run) and for short filters the ring of widened rows. */
+    j.mid_stride = mid_stride(j.sw, xpairs);
+    j.mid = (int16_t *)malloc((size_t)(2 * MID_ROWS * j.mid_stride) * sizeof(int16_t));
+    j.ring_stride = (j.sw + 15) & ~(Py_ssize_t)15;
+    if (simd && ytaps <= SHORT_TAPS)
+        j.ring = (int16_t *)malloc((size_t)(ytaps * j.ring_stride) * sizeof(int16_t));
+    if (j.mid == NULL || (simd && ytaps <= SHORT_TAPS && j.ring == NULL)) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    run(&j, simd);
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    free(j.mid);
+    free(j.ring);
+    if (src.obj)
+        PyBuffer_Release(&src);
+    if (dst.obj)
+        PyBuffer_Release(&dst);
+    PyBuffer_Release(&ypos);
+    PyBuffer_Release(&yw);
+    PyBuffer_Release(&xstart);
+    PyBuffer_Release(&xw);
+    return result;
+}
+
+
+/* ------------------------------------------------------------------ a whole tile */
+
+typedef struct {
+    Py_buffer pos, w, xstart, xw;
+    Py_ssize_t taps, pairs;
+} Filter;
+
+static void release_filter(Filter *f) {
+    PyBuffer_Release(&f->pos);
+    PyBuffer_Release(&f->w);
+    PyBuffer_Release(&f->xstart);
+    PyBuffer_Release(&f->xw);
+}
+
+static int get_filter(PyObject *obj, Filter *f) {
+    if (!PyTuple_Check(obj)) {
+        PyErr_SetString(PyExc_TypeError, "a filter is a tuple (ypos, yweights, ytaps, "
+                                         "xstart, xweights, xpairs)");
+        return -1;
+    }
+    return PyArg_ParseTuple(obj, "y*y*ny*y*n", &f->pos, &f->w, &f->taps, &f->xstart, &f->xw,
+                            &f->pairs)
+               ? 0
+               : -1;
+}
+
+/* Fills the rows [y0, y1) x columns [x0, x1) of a plane with one byte value. */
+static void fill(uint8_t *p, Py_ssize_t stride, Py_ssize_t x0, Py_ssize_t y0, Py_ssize_t x1,
+                 Py_ssize_t y1, uint8_t value) {
+    if (x1 <= x0)
+        return;
+    for (Py_ssize_t y = y0; y < y1; y++)
+        memset(p + y * stride + x0, value, (size_t)(x1 - x0));
+}
+
+/* The rows of an h x w plane above and below the hole [x, x + hw) x [y, y + hh); run() fills
+ * the bars left and right of it (see side_bars). */
+static void fill_above_below(uint8_t *p, Py_ssize_t stride, Py_ssize_t h, Py_ssize_t w,
+                             Py_ssize_t y, Py_ssize_t hh, uint8_t value) {
+    fill(p, stride, 0, 0, w, y, value);
+    fill(p, stride, 0, y + hh, w, h, value);
+}
+
+PyDoc_STRVAR(tile_doc,
+             "tile(src_y, src_u, src_v, cell_y, cell_u, cell_v, x, y, w, h, cx, cy,\n"
+             "     luma, chroma, simd=True)\n\n"
+             "Paint one yuv420p picture into one canvas cell in a single call: the Y plane\n"
+             "resized into the w x h box at (x, y) of cell_y, U and V into the w/2 x h/2 box\n"
+             "at (cx, cy) of cell_u / cell_v, and the rest of each cell view filled black\n"
+             "(16, 128, 128). luma and chroma are resize()'s filter arguments as tuples\n"
+             "(ypos, yweights, ytaps, xstart, xweights, xpairs). One GIL release for all of it.");
+
+static PyObject *tile(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"src_y", "src_u", "src_v", "cell_y", "cell_u", "cell_v",
+                             "x",     "y",     "w",     "h",      "cx",     "cy",
+                             "luma",  "chroma", "simd", NULL};
+    PyObject *objs[6], *luma_obj, *chroma_obj;
+    Py_ssize_t x, y, w, h, cx, cy;
+    int simd = 1;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOnnnnnnOO|p", kwlist, &objs[0],
+                                     &objs[1], &objs[2], &objs[3], &objs[4], &objs[5], &x, &y,
+                                     &w, &h, &cx, &cy, &luma_obj, &chroma_obj, &simd))
+        return NULL;
+    Py_buffer views[6];
+    Filter filters[2];
+    memset(views, 0, sizeof views);
+    memset(filters, 0, sizeof filters);
+    Job jobs[3];
+    memset(jobs, 0, sizeof jobs);
+    int16_t *mid = NULL, *ring = NULL;
+    PyObject *result = NULL;
+    for (int i = 0; i < 6; i++) {
+        int flags = PyBUF_STRIDES | PyBUF_FORMAT | (i >= 3 ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(objs[i], &views[i], flags) < 0 ||
+            plane(&views[i], i < 3 ? "a source plane" : "a cell plane", i >= 3) < 0)
+            goto done;
+    }
+    if (get_filter(luma_obj, &filters[0]) < 0 || get_filter(chroma_obj, &filters[1]) < 0)
+        goto done;
+    Py_ssize_t boxes[3][4] = {{x, y, w, h}, {cx, cy, w / 2, h / 2}, {cx, cy, w / 2, h / 2}};
+    Py_ssize_t mid_len = 0, ring_len = 0;
+    for (int i = 0; i < 3; i++) {
+        Py_buffer *src = &views[i], *cell = &views[3 + i];
+        Filter *f = &filters[i > 0];
+        Py_ssize_t *b = boxes[i];
+        if (b[0] < 0 || b[1] < 0 || b[2] < 1 || b[3] < 1 || b[0] + b[2] > cell->shape[1] ||
+            b[1] + b[3] > cell->shape[0]) {
+            PyErr_SetString(PyExc_ValueError, "the picture's box must lie inside its cell");
+            goto done;
+        }
+        if (src->shape[0] < 1 || src->shape[1] < 1) {
+            PyErr_SetString(PyExc_ValueError, "src is empty");
+            goto done;
+        }
+        Job *j = &jobs[i];
+        j->src = (const uint8_t *)src->buf;
+        j->src_stride = src->strides[0];
+        j->sw = src->shape[1];
+        j->dst_stride = cell->strides[0];
+        j->dst = (uint8_t *)cell->buf + b[1] * j->dst_stride + b[0];
+        j->dh = b[3];
+        j->dw = b[2];
+        j->ypos = (const int32_t *)f->pos.buf;
+        j->yw = (const int16_t *)f->w.buf;
+        j->ytaps = f->taps;
+        j->xstart = (const int32_t *)f->xstart.buf;
+        j->xw = (const int16_t *)f->xw.buf;
+        j->xpairs = f->pairs;
+        if (check_y(&f->pos, &f->w, j->dh, j->ytaps, src->shape[0]) < 0 ||
+            check_x(&f->xstart, &f->xw, j->dw, j->xpairs, j->sw) < 0)
+            goto done;
+        j->mid_stride = mid_stride(j->sw, j->xpairs);
+        j->ring_stride = (j->sw + 15) & ~(Py_ssize_t)15;
+        if (2 * MID_ROWS * j->mid_stride > mid_len)
+            mid_len = 2 * MID_ROWS * j->mid_stride;
+        if (j->ytaps <= SHORT_TAPS && j->ytaps * j->ring_stride > ring_len)
+            ring_len = j->ytaps * j->ring_stride;
+    }
+    simd = simd && have_avx2;
+    mid = (int16_t *)malloc((size_t)mid_len * sizeof(int16_t));
+    if (simd && ring_len > 0)
+        ring = (int16_t *)malloc((size_t)ring_len * sizeof(int16_t));
+    if (mid == NULL || (simd && ring_len > 0 && ring == NULL)) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < 3; i++) {
+        Job *j = &jobs[i];
+        Py_buffer *cell = &views[3 + i];
+        Py_ssize_t *b = boxes[i];
+        j->bar_value = i == 0 ? 16 : 128;
+        j->bar_left = b[0];
+        j->bar_right = cell->shape[1] - b[0] - b[2];
+        fill_above_below((uint8_t *)cell->buf, cell->strides[0], cell->shape[0], cell->shape[1],
+                         b[1], b[3], j->bar_value);
+        j->mid = mid;
+        j->ring = simd && j->ytaps <= SHORT_TAPS ? ring : NULL;
+        run(j, simd);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    free(mid);
+    free(ring);
+    for (int i = 0; i < 6; i++)
+        if (views[i].obj)
+            PyBuffer_Release(&views[i]);
+    release_filter(&filters[0]);
+    release_filter(&filters[1]);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"resize", (PyCFunction)(void (*)(void))resize, METH_VARARGS | METH_KEYWORDS, resize_doc},
+    {"tile", (PyCFunction)(void (*)(void))tile, METH_VARARGS | METH_KEYWORDS, tile_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static int exec_module(PyObject *module) {
+#if HAVE_AVX2_PATH
+    __builtin_cpu_init();
+    have_avx2 = __builtin_cpu_supports("avx2");
+#endif
+    return PyModule_AddIntConstant(module, "HAVE_AVX2", have_avx2);
+}
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, exec_module},
+    {0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "media._resample",
+    .m_doc = "Fixed-point separable resampling of uint8 planes (see media._scale).",
+    .m_size = 0,
+    .m_methods = methods,
+    .m_slots = slots,
+};
+
+PyMODINIT_FUNC PyInit__resample(void) { return PyModuleDef_Init(&moduledef); }
