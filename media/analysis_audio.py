@@ -217,7 +217,7 @@ class AudioAnalyzer:
         if self._frequency is None:
             self._estimate_from(x[lo - g0 : hi - g0])
         if self._frequency is not None and len(x) >= 3:
-            self._find_glitches(state, x, mag, g0, lo, hi)
+            self._find_glitches(state, x, mag, g0, lo, hi, final=final)
         if not final:
             self._done = hi
 
@@ -277,7 +277,7 @@ class AudioAnalyzer:
         return None
 
     def _find_glitches(
-        self, state: _State, x: Samples, mag: Samples, g0: int, lo: int, hi: int
+        self, state: _State, x: Samples, mag: Samples, g0: int, lo: int, hi: int, *, final: bool
     ) -> None:
         assert self._rate is not None and self._frequency is not None
         period = max(3, math.ceil(self._rate / self._frequency) + 1)
@@ -291,6 +291,8 @@ class AudioAnalyzer:
         steady[:2] = 0  # no history before the first two samples of the block
         if g0 == 0:
             steady[:guard] = 0
+        if final:  # the stream's end cuts the tone: an edge, not a glitch
+            steady[-guard:] = 0
         bad = np.flatnonzero((resid > self._glitch_threshold * env) & (steady > 0)) + g0
         bad = bad[(bad >= lo) & (bad < hi)]
         merge = _GLITCH_MERGE_S * self._rate
