@@ -144,7 +144,8 @@ def describe_audio(summary: AudioSummary) -> str:
         if lat
         else "latency n/a"
     )
-    parts.append(f"A/V offset {_num(summary.av_offset_ms)} ms")
+    offset = summary.av_offset_ms
+    parts.append("A/V offset n/a" if offset is None else f"A/V offset {offset:.1f} ms")
     return ", ".join(parts)
 
 
