@@ -107,7 +107,7 @@ async def _live_once(frames: int, analyse: bool) -> tuple[float, int, int]:
 
 def run(frames: int = 90, cv2_threads: int | None = 1) -> dict[str, float | bool]:
     frames = max(frames, FPS)
-    with _report.cv2_threads(cv2_threads):
+    with _report.cv2_threads(1 if cv2_threads is None else cv2_threads):  # one core means one
         result: dict[str, float | bool] = dict(_offline(frames))
         baseline, _, _ = asyncio.run(_live_once(frames, analyse=False))
         cores, skipped, dropped = asyncio.run(_live_once(frames, analyse=True))
