@@ -24,7 +24,8 @@ from signaling_server import ServerSettings, start_server
 
 pytest_plugins = ["pytester"]
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "testing.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "testing.md"
 pytestmark = pytest.mark.slow
 
 
@@ -89,11 +90,21 @@ def project(pytester: pytest.Pytester, name: str) -> None:
     pytester.makepyfile(**{name.removesuffix(".py"): example(name)})
 
 
+def readme_example() -> str:
+    """The code block of the README's "Test your own calls" section."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Test your own calls", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert match, "README has no example in 'Test your own calls'"
+    return match.group(1)
+
+
 def test_docs_example_passes_in_a_throwaway_project(pytester: pytest.Pytester) -> None:
     project(pytester, "test_my_call.py")
+    pytester.makepyfile(test_readme=readme_example())
     reports = pytester.path / "reports"
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--callbot-report", reports)
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
     assert "Warning" not in result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines(["*callbot media reports*", "*index.html"])
     index = reports / "test_my_call.py_test_alice_reaches_bob_cleanly" / "index.html"
