@@ -54,3 +54,19 @@ async def test_clean_call_passes_and_loss_degrades_it(
     lossy_summary = lossy.video_summary()
     worse = degradation(clean_summary, lossy_summary)
     assert worse, f"loss changed nothing measurable:\n{clean_summary}\n{lossy_summary}"
+
+
+async def test_sync_marks_give_the_av_offset(
+    callbot_participants: ParticipantFactory, callbot_probe: ProbeFactory
+) -> None:
+    await callbot_participants("alice", sync_every_s=0.5)
+    bob = await callbot_participants("bob", video=None, audio=None)
+    video = await callbot_probe(bob, "alice")
+    audio = await callbot_probe(bob, "alice", "audio")
+    await video.wait_frames(100)  # a little over three seconds: six flash/beep pairs
+    await video.aclose()
+    await audio.aclose()
+    assert video.video_summary().flashes >= 4
+    summary = callbot_probe.audio_summary(audio)  # with alice's flashes from her video probe
+    assert_audio(summary, present=True, max_av_offset_ms=150, max_latency_ms=400, label="alice")
+    assert summary.av_offset_ms is not None and len(summary.beeps) >= 4
