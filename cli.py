@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import json
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
+import av
 from aiortc import MediaStreamTrack
 
 from bench._report import print_result
@@ -41,8 +43,18 @@ from media import (
     RecordingInfo,
     ToneAudioTrack,
 )
+from media.analysis import PatternSpec, TrackProbe, VideoAnalyzer, VideoSummary
 from media.offline import CompositeJob
 from media.recorder import VideoCodec
+from media.report import (
+    WORST_FRAMES,
+    StreamReport,
+    describe_audio,
+    render_report,
+    worst_pictures,
+    write_report,
+)
+from media.timecode import read_stamp
 from peer import (
     DEFAULT_SERVER_URL,
     LOOPBACK_ONLY,
@@ -755,7 +767,237 @@ async def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- analyze, probe
+
+
+class InputError(MediaError):
+    """Input ``analyze``/``probe`` cannot measure; ``code`` names the kind, for scripts."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+def _pattern(text: str) -> tuple[int, int, str, int]:
+    """``WxH[,label[,seed]]``: how the recorded PatternVideoTrack was built."""
+    size, _, rest = text.partition(",")
+    label, _, seed = rest.partition(",")
+    w, h = _size(size)
+    try:
+        return w, h, label, int(seed) if seed else 0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed {seed!r} is not a whole number") from None
+
+
+def _first_stamp(path: Path) -> tuple[float, int] | None:
+    """(pts seconds, capture ms) of the first stamped frame: anchors file time to the stamps."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        with contextlib.suppress(av.FFmpegError):
+            for frame in container.decode(stream):
+                stamp = read_stamp(frame)
+                if stamp is not None and frame.time is not None:
+                    return frame.time, stamp.capture_time_ms
+    return None
+
+
+def _analyze_file(
+    path: Path, pattern: tuple[int, int, str, int] | None, *, keep_worst: int
+) -> tuple[VideoSummary, VideoAnalyzer, PatternSpec | None]:
+    """Decode a recording of a stamped source and analyse every frame (blocking).
+
+    A file has no receive clock: a frame's arrival is its pts, anchored so that the first
+    stamped frame arrived when it was captured. Latencies are then the delay of each frame
+    relative to the first one (what the recording path added or recovered), not absolute.
+    """
+    if not path.is_file():
+        raise InputError("not_found", f"no such file: {path}")
+    try:
+        with av.open(str(path)) as container:
+            streams = container.streams.video
+            if not streams:
+                raise InputError("not_video", f"{path} has no video stream")
+            rate = streams[0].average_rate or streams[0].guessed_rate
+    except (av.FFmpegError, ValueError) as exc:
+        raise InputError("not_video", f"{path} is not a readable media file: {exc}") from None
+    fps = float(rate) if rate else 30.0
+    anchor = _first_stamp(path)
+    if anchor is None:
+        raise InputError(
+            "no_stamps", f"no stamped frame in {path}: not a recording of a callbot test pattern"
+        )
+    offset = anchor[1] / 1000.0 - anchor[0]
+    spec = None
+    if pattern is not None:
+        w, h, label, seed = pattern
+        spec = PatternSpec(width=w, height=h, fps=fps, label=label, seed=seed)
+    analyzer = VideoAnalyzer(reference=spec, keep_worst=keep_worst)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        index = 0
+        try:
+            for frame in container.decode(stream):
+                time_s = frame.time if frame.time is not None else index / fps
+                analyzer.add(frame, time_s + offset)
+                index += 1
+        except av.FFmpegError as exc:  # a recording cut short: keep what decoded
+            logger.warning("stopped decoding %s after %d frames: %s", path, index, exc)
+    summary = analyzer.summary()
+    return summary, analyzer, spec
+
+
+def _summary_lines(summary: VideoSummary, *, latency: str = "latency") -> list[str]:
+    lat, psnr, ssim = summary.latency_ms, summary.psnr_db, summary.ssim
+    lines = [
+        f"frames    {summary.frames} (stamped {summary.stamped})  drops {summary.drops}  "
+        f"duplicates {summary.duplicates}  reordered {summary.reordered}",
+        f"fps       {summary.fps:.1f}",
+        f"freezes   {summary.freezes} (longest {summary.max_freeze_ms:.0f} ms, "
+        f"frozen {summary.frozen_ms:.0f} ms)",
+    ]
+    if lat:
+        lines.append(
+            f"{latency:9s} median {lat['median']:.1f} ms  p95 {lat['p95']:.1f} ms  "
+            f"max {lat['max']:.1f} ms"
+        )
+    if psnr:
+        lines.append(f"PSNR      mean {psnr['mean']:.1f} dB  min {psnr['min']:.1f} dB")
+    if ssim:
+        lines.append(f"SSIM      mean {ssim['mean']:.3f}  min {ssim['min']:.3f}")
+    sizes = ", ".join(f"{w}x{h}" for _, w, h in summary.resolutions)
+    if sizes:
+        lines.append(f"size      {sizes}")
+    return lines
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    """Synchronous: no event loop, so decoding and drawing may block."""
+    path = Path(args.file)
+    summary, analyzer, spec = _analyze_file(
+        path, args.pattern, keep_worst=WORST_FRAMES if args.html else 0
+    )
+    report = None
+    if args.html:
+        stream = StreamReport(
+            label=path.name, video=summary, records=analyzer.records, reference=spec,
+            worst=worst_pictures(analyzer.worst_frames()),
+            notes=("latency is each frame's delay relative to the first stamped frame",),
+        )  # fmt: skip
+        report = render_report(args.html, [stream], title=f"callbot analyze {path.name}")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "file": str(path),
+                    "video": summary.as_dict(),
+                    "reference": dataclasses.asdict(spec) if spec else None,
+                    "latency_basis": "first_frame",
+                    "report": str(report) if report else None,
+                }
+            )
+        )
+        return 0
+    print(path)
+    print("\n".join(_summary_lines(summary, latency="delay")))
+    print("(delay: each frame's latency relative to the first stamped frame)")
+    if spec is None:
+        print("(no PSNR/SSIM: give --pattern WxH[,label,seed] of the recorded test pattern)")
+    if report is not None:
+        print(f"report    {report}")
+    return 0
+
+
+async def _probe(args: argparse.Namespace) -> int:
+    config = ParticipantConfig(
+        room=args.room,
+        server_url=args.server,
+        name=args.name,
+        ice_addresses=tuple(args.ice_address or LOOPBACK_ONLY),
+    )
+    probes: list[tuple[RemoteTrack, TrackProbe]] = []
+
+    def reference(track: RemoteTrack) -> PatternSpec | None:
+        if args.reference != "names" or track.kind != "video":
+            return None
+        w, h = args.pattern_size
+        return PatternSpec(width=w, height=h, label=track.peer_name, seed=_seed(track.peer_name))
+
+    async def attach(me: Participant) -> None:
+        async for track in me.tracks():
+            probe = TrackProbe(
+                track,
+                reference=reference(track),
+                frequency=440.0 if args.reference == "names" and track.kind == "audio" else None,
+                label=f"{track.peer_name} {track.kind}",
+                keep_worst=WORST_FRAMES if args.html else 0,
+            )
+            probe.start()
+            probes.append((track, probe))
+
+    # Receive-only: nothing is published, so the probe never disturbs what it measures.
+    async with Participant(config) as me:
+        print(
+            f"probing room {args.room!r} as {me.peer_id} ({len(me.peers)} others) "
+            f"for {args.duration:g} s",
+            file=sys.stderr if args.json else sys.stdout,
+            flush=True,
+        )
+        attacher = asyncio.create_task(attach(me), name="callbot-probe-attach")
+        try:
+            await _until_stopped(args.stopper, args.duration)
+        finally:
+            await _cancel([attacher])
+            for _, probe in probes:
+                await probe.aclose()
+    if not probes:
+        raise InputError(
+            "no_media", f"nobody in room {args.room!r} sent media within {args.duration:g} s"
+        )
+    streams: list[StreamReport] = []
+    by_peer: dict[str, dict[str, Any]] = {}
+    videos = {track.peer_id: probe for track, probe in probes if track.kind == "video"}
+    for track, probe in probes:
+        peer = by_peer.setdefault(
+            track.peer_id, {"peer_id": track.peer_id, "name": track.peer_name}
+        )
+        if track.kind == "video":
+            video = probe.video_summary()
+            peer["video"] = video.as_dict()
+            ref = reference(track)
+            worst = await asyncio.to_thread(worst_pictures, probe.worst_frames())
+            streams.append(
+                StreamReport(
+                    label=probe.label, video=video, records=probe.records, reference=ref,
+                    worst=worst,
+                )
+            )  # fmt: skip
+        else:
+            video_probe = videos.get(track.peer_id)
+            flashes = video_probe.records if video_probe is not None else ()
+            audio = probe.audio_summary(flashes)
+            peer["audio"] = audio.as_dict()
+            streams.append(StreamReport(label=probe.label, audio=audio))
+    report = None
+    if args.html:
+        report = await write_report(args.html, streams, title=f"callbot probe {args.room}")
+    if args.json:
+        print(json.dumps({"room": args.room, "participants": list(by_peer.values()),
+                          "report": str(report) if report else None}))  # fmt: skip
+        return 0
+    for stream in streams:
+        print(stream.label)
+        if stream.video is not None:
+            for line in _summary_lines(stream.video):
+                print("  " + line)
+        if stream.audio is not None:
+            print("  " + describe_audio(stream.audio))
+    if report is not None:
+        print(f"report    {report}")
+    return 0
+
+
 BENCHMARKS = {
+    "analysis": "bench.analysis",
     "compositor": "bench.compositor",
     "record": "bench.record",
     "resilience": "bench.resilience",
@@ -1015,6 +1257,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     calls.set_defaults(func=_calls)
+
+    analyze = sub.add_parser(
+        "analyze", help="measure a recording of a stamped test pattern",
+        description="Decode FILE (a recording of one callbot test pattern, e.g. a Recorder of "
+        "a PatternVideoTrack) and print frames, drops, duplicates, reordering, freezes, fps, "
+        "the delay of each frame relative to the first (a file has no receive clock: a frame's "
+        "arrival is its timestamp) and, with --pattern, PSNR/SSIM against the regenerated "
+        "source. Exits 1 with not_found, not_video or no_stamps on bad input.",
+    )  # fmt: skip
+    analyze.add_argument("file", metavar="FILE", help="the recording to measure")
+    analyze.add_argument("--json", action="store_true", help="print one JSON object")
+    analyze.add_argument(
+        "--html", metavar="DIR",
+        help="also write an HTML report with plots and the worst frames to DIR (needs the "
+        "report extra: pip install 'callbot[report]')",
+    )  # fmt: skip
+    analyze.add_argument(
+        "--pattern", type=_pattern, metavar="WxH[,LABEL[,SEED]]",
+        help="how the recorded pattern was built (PatternVideoTrack width, height, label, "
+        "seed), to compute PSNR/SSIM; callbot join uses 640x480, its name, and a seed from it",
+    )  # fmt: skip
+    analyze.set_defaults(func=_analyze)
+
+    probe = sub.add_parser(
+        "probe", help="join a room live and measure everyone's media",
+        description="Join ROOM receive-only (publishing nothing), measure every track of every "
+        "participant for --duration seconds (fps, drops, freezes, latency, PSNR/SSIM; audio "
+        "presence, level, glitches) and print a summary per participant. Exits 1 if the relay "
+        "is unreachable or nobody sent media (no_media).",
+    )  # fmt: skip
+    probe.add_argument("room", help="room to probe")
+    _add_server_flag(probe)
+    probe.add_argument("--name", default="probe", help="display name (default probe)")
+    probe.add_argument(
+        "--duration", type=_positive, default=10.0, metavar="SECONDS",
+        help="how long to measure (default 10)",
+    )  # fmt: skip
+    probe.add_argument("--json", action="store_true", help="print one JSON object")
+    probe.add_argument(
+        "--html", metavar="DIR",
+        help="also write an HTML report with plots and the worst frames to DIR (needs the "
+        "report extra: pip install 'callbot[report]')",
+    )  # fmt: skip
+    probe.add_argument(
+        "--reference", choices=["names", "none"], default="names",
+        help="names: assume each peer sends callbot join's pattern labelled with its name and a "
+        "440 Hz tone, so PSNR/SSIM are computed (default); none: no reference",
+    )  # fmt: skip
+    probe.add_argument(
+        "--pattern-size", type=_size, default=(640, 480), metavar="WxH",
+        help="size of the peers' pattern for --reference names (default 640x480)",
+    )  # fmt: skip
+    probe.add_argument(
+        "--ice-address", action="append", metavar="IP",
+        help="local address ICE may offer; repeatable (default 127.0.0.1 only)",
+    )  # fmt: skip
+    probe.set_defaults(func=_probe)
 
     bench = sub.add_parser(
         "bench", help="run a benchmark and print its numbers",

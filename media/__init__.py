@@ -5,6 +5,15 @@ nothing about peers or signaling. Objects that run tasks or threads are async co
 with an idempotent ``aclose()``.
 """
 
+from .analysis import (
+    AudioAnalyzer,
+    AudioSummary,
+    FrameRecord,
+    PatternSpec,
+    TrackProbe,
+    VideoAnalyzer,
+    VideoSummary,
+)
 from .canvas import Canvas, Tile, placeholder_yuv
 from .clock import MediaClock
 from .compositor import LAYOUTS, Compositor, InputStats, LayoutName
@@ -18,15 +27,19 @@ from .timecode import Stamp, read_stamp, stamp_luma
 
 __all__ = [
     "LAYOUTS",
+    "AudioAnalyzer",
     "AudioMixer",
+    "AudioSummary",
     "Canvas",
     "ClosedError",
     "Compositor",
     "FileSource",
+    "FrameRecord",
     "InputStats",
     "LayoutName",
     "MediaClock",
     "MediaError",
+    "PatternSpec",
     "PatternVideoTrack",
     "Placement",
     "Recorder",
@@ -40,6 +53,9 @@ __all__ = [
     "Stamp",
     "Tile",
     "ToneAudioTrack",
+    "TrackProbe",
+    "VideoAnalyzer",
+    "VideoSummary",
     "fit",
     "grid",
     "placeholder_yuv",

@@ -1,0 +1,151 @@
+"""``callbot analyze`` and ``callbot probe`` as a user runs them: separate processes, real files,
+a real relay with a bot in it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from media import PatternVideoTrack, Recorder, ToneAudioTrack
+from peer import Participant, ParticipantConfig
+from signaling_server import RunningServer
+
+CALLBOT = [sys.executable, "-m", "cli"]
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+async def run(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def record_pattern(path: Path, frames: int) -> None:
+    """What a Recorder writes from one PatternVideoTrack, ``frames`` frames long."""
+    pattern = PatternVideoTrack(width=320, height=240, label="rec", seed=3)
+    recorder = Recorder(path, video=pattern, fps=30)
+    await recorder.start()
+    try:
+        async with asyncio.timeout(20):
+            while recorder.video_frames < frames:
+                await asyncio.sleep(0.05)
+    finally:
+        await recorder.aclose()
+        pattern.stop()
+
+
+def check_report(index: Path) -> list[str]:
+    """The page exists, every image it references exists and decodes as a PNG."""
+    page = index.read_text(encoding="utf-8")
+    images = re.findall(r'<img src="([^"]+)"', page)
+    for name in images:
+        data = (index.parent / name).read_bytes()
+        assert data.startswith(b"\x89PNG"), name
+        picture = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        assert picture is not None and picture.shape[0] > 50 and picture.shape[1] > 50, name
+    return images
+
+
+async def test_analyze_a_recording(tmp_path: Path) -> None:
+    path = tmp_path / "pattern.mkv"
+    await record_pattern(path, 60)
+    html = tmp_path / "report"
+    code, out, err = await run(
+        *CALLBOT, "analyze", str(path), "--json", "--html", str(html), "--pattern", "320x240,rec,3"
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    video = result["video"]
+    assert video["frames"] >= 55 and video["stamped"] == video["frames"]
+    assert video["drops"] == 0 and video["duplicates"] == 0 and video["reordered"] == 0
+    assert video["psnr_db"]["mean"] > 30 and result["latency_basis"] == "first_frame"
+    assert result["reference"]["label"] == "rec" and result["reference"]["seed"] == 3
+    images = check_report(Path(result["report"]))
+    assert {"fps.png", "latency.png", "psnr.png"} <= set(images)
+    assert sum(name.startswith("worst-") for name in images) >= 1
+
+    # The terminal summary, without a reference: no PSNR, and it says why.
+    code, out, err = await run(*CALLBOT, "analyze", str(path))
+    assert code == 0, err
+    assert re.search(r"frames\s+\d+ \(stamped \d+\)\s+drops 0", out), out
+    assert "fps" in out and "freezes" in out and "give --pattern" in out
+
+
+async def test_analyze_refuses_bad_input(tmp_path: Path) -> None:
+    code, _, err = await run(*CALLBOT, "analyze", str(tmp_path / "missing.mkv"))
+    assert code == 1 and "not_found" in err
+
+    text = tmp_path / "notes.mkv"
+    text.write_text("not a video")
+    code, _, err = await run(*CALLBOT, "analyze", str(text))
+    assert code == 1 and "not_video" in err, err
+
+    plain = tmp_path / "plain.mkv"
+    with av.open(str(plain), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for _ in range(10):
+            frame = av.VideoFrame.from_ndarray(np.zeros((120, 160, 3), np.uint8), format="bgr24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    code, _, err = await run(*CALLBOT, "analyze", str(plain))
+    assert code == 1 and "no_stamps" in err, err
+
+    # --html without matplotlib names the extra to install.
+    pattern = tmp_path / "pattern.mkv"
+    await record_pattern(pattern, 10)
+    script = (
+        "import sys; sys.modules['matplotlib'] = None; import cli; "
+        f"sys.exit(cli.main(['analyze', {str(pattern)!r}, '--html', {str(tmp_path / 'r')!r}]))"
+    )
+    code, _, err = await run(sys.executable, "-c", script)
+    assert code == 1 and "pip install 'callbot[report]'" in err, err
+
+
+async def test_probe_a_live_room(relay: RunningServer, tmp_path: Path) -> None:
+    # A bot like `callbot join room --name bot` (its pattern labelled and seeded by its name).
+    video = PatternVideoTrack(width=320, height=240, label="bot", seed=sum(b"bot") % 7)
+    tone = ToneAudioTrack()
+    config = ParticipantConfig(room="live", server_url=relay.ws_url, name="bot", receive=False)
+    async with Participant(config, video=video, audio=tone):
+        code, out, err = await run(
+            *CALLBOT, "probe", "live", "--server", relay.ws_url, "--duration", "4", "--json",
+            "--pattern-size", "320x240", "--html", str(tmp_path / "report"),
+        )  # fmt: skip
+    video.stop()
+    tone.stop()
+    assert code == 0, err
+    result = json.loads(out)
+    [bot] = result["participants"]
+    assert bot["name"] == "bot"
+    assert bot["video"]["fps"] > 15 and bot["video"]["psnr_db"]["mean"] > 28
+    assert bot["video"]["latency_ms"]["p95"] < 500
+    assert bot["audio"]["present"] is True
+    images = check_report(Path(result["report"]))
+    assert {"fps.png", "latency.png", "psnr.png"} <= set(images)
+
+    code, _, err = await run(
+        *CALLBOT, "probe", "live", "--server", "ws://127.0.0.1:9/ws", "--duration", "1"
+    )
+    assert code == 1 and "cannot reach the relay" in err, err
