@@ -50,8 +50,6 @@ PSNR_CAP_DB = 99.0
 _FLASH_MEAN = 200.0  # flash frames are luma 235 below the band; the pattern averages ~95
 _SSIM_C1 = (0.01 * 255) ** 2
 _SSIM_C2 = (0.03 * 255) ** 2
-_GOLDEN_ANGLE = math.radians(137.50776)  # as in media.sources
-_MAX_SEED_SEARCH = 4096
 
 _LUMA_FIRST = frozenset(
     {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"}
@@ -127,27 +125,15 @@ class PatternSpec:
 
     @classmethod
     def of(cls, track: PatternVideoTrack) -> PatternSpec:
-        """The spec of an existing track.
-
-        PatternVideoTrack does not expose its label, seed and flash period, so they are read
-        from its private fields and the seed is found by re-rendering frame 0 (seeds up to
-        4095); ValueError if none matches.
-        """
-        label: str = track._label
-        flash: float | None = track._flash_every_s
-        box_uv: tuple[int, int] = track._box_uv
-        want = track.render(0, 0).to_ndarray()
-        base = cls(
-            width=track.width, height=track.height, fps=track.fps, label=label, flash_every_s=flash
+        """The spec of an existing track (to regenerate its frames at the receiver)."""
+        return cls(
+            width=track.width,
+            height=track.height,
+            fps=track.fps,
+            label=track.label,
+            seed=track.seed,
+            flash_every_s=track.flash_every_s,
         )
-        for seed in range(_MAX_SEED_SEARCH):
-            hue = seed * _GOLDEN_ANGLE + math.pi
-            if (int(128 + 70 * math.cos(hue)), int(128 + 70 * math.sin(hue))) != box_uv:
-                continue
-            spec = cls(**{**asdict(base), "seed": seed})
-            if np.array_equal(spec.render(0, 0, flash=False).to_ndarray(), want):
-                return spec
-        raise ValueError("cannot recover the seed of this PatternVideoTrack")
 
     def track(self) -> PatternVideoTrack:
         """A fresh (unstarted) track with this spec: the renderer, reusable for many frames."""

@@ -79,6 +79,7 @@ class PatternVideoTrack(MediaStreamTrack):
         self._height = height
         self._fps = float(fps)
         self._label = label
+        self._seed = seed
         self._clock = clock
         self._flash_every_s = flash_every_s
         self._pacer = Pacer(self._fps, clock)
@@ -104,6 +105,18 @@ class PatternVideoTrack(MediaStreamTrack):
     @property
     def fps(self) -> float:
         return self._fps
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def flash_every_s(self) -> float | None:
+        return self._flash_every_s
 
     @property
     def clock(self) -> MediaClock | None:
