@@ -1024,6 +1024,14 @@ def _add_server_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_html_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--html", metavar="DIR",
+        help="also write an HTML report with plots and the worst frames to DIR (needs the "
+        "report extra: pip install 'callbot[report]')",
+    )  # fmt: skip
+
+
 def _add_codec_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--codec", choices=["h264", "vp8"],
@@ -1268,11 +1276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     analyze.add_argument("file", metavar="FILE", help="the recording to measure")
     analyze.add_argument("--json", action="store_true", help="print one JSON object")
-    analyze.add_argument(
-        "--html", metavar="DIR",
-        help="also write an HTML report with plots and the worst frames to DIR (needs the "
-        "report extra: pip install 'callbot[report]')",
-    )  # fmt: skip
+    _add_html_flag(analyze)
     analyze.add_argument(
         "--pattern", type=_pattern, metavar="WxH[,LABEL[,SEED]]",
         help="how the recorded pattern was built (PatternVideoTrack width, height, label, "
@@ -1295,11 +1299,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to measure (default 10)",
     )  # fmt: skip
     probe.add_argument("--json", action="store_true", help="print one JSON object")
-    probe.add_argument(
-        "--html", metavar="DIR",
-        help="also write an HTML report with plots and the worst frames to DIR (needs the "
-        "report extra: pip install 'callbot[report]')",
-    )  # fmt: skip
+    _add_html_flag(probe)
     probe.add_argument(
         "--reference", choices=["names", "none"], default="names",
         help="names: assume each peer sends callbot join's pattern labelled with its name and a "

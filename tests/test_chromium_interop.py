@@ -28,6 +28,7 @@ from peer import Participant, ParticipantConfig, RemoteTrack
 from signaling_server import RunningServer
 
 from .chromium import Browser, BrowserNet, Page
+from .peerutil import tracks_from
 
 MIN_FRAMES = 60
 FAKE_CAMERA = (640, 480)
@@ -88,19 +89,6 @@ async def bot_and_page(
                 return
             await page.close()
     raise AssertionError("20 id pairs in a row fell the wrong way")
-
-
-async def tracks_from(me: Participant, peer_id: str, kind: str, count: int) -> list[RemoteTrack]:
-    async with asyncio.timeout(30):
-        while True:
-            found = [
-                t
-                for t in me.received_tracks
-                if t.peer_id == peer_id and t.kind == kind and not t.ended
-            ]
-            if len(found) >= count:
-                return found
-            await asyncio.sleep(0.05)
 
 
 async def decode_video(track: RemoteTrack, count: int) -> list[tuple[int, int]]:

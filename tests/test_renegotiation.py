@@ -22,23 +22,11 @@ from peer.ice import rtc_configuration
 from peer.renegotiation import ice_ufrag, keep_mapping, negotiated_mapping, share_bundle_transport
 from signaling_server import RunningServer
 
+from .peerutil import tracks_from
+
 
 def config(relay: RunningServer, name: str, **kw: object) -> ParticipantConfig:
     return ParticipantConfig(room="reneg", server_url=relay.ws_url, name=name, **kw)  # type: ignore[arg-type]
-
-
-async def tracks_from(p: Participant, peer_id: str, kind: str, count: int) -> list[RemoteTrack]:
-    """Wait until ``p`` has ``count`` live tracks of ``kind`` from ``peer_id``."""
-    async with asyncio.timeout(30):
-        while True:
-            found = [
-                t
-                for t in p.received_tracks
-                if t.peer_id == peer_id and t.kind == kind and not t.ended
-            ]
-            if len(found) >= count:
-                return found
-            await asyncio.sleep(0.05)
 
 
 async def stamped_frames(track: RemoteTrack, count: int, label: str | None = None) -> int:
