@@ -7,24 +7,28 @@
  * already short (the output height). The AVX2 path does 8 output rows at a time: vertical
  * into an 8-row block, a transpose, then the horizontal pass with each vector holding one
  * sample pair of the 8 rows (see transpose8), all in L1. Source rows are prefetched two
- * output rows ahead. At 2.67x a 16-tile composite spends ~23% in the vertical pass, ~20%
- * widening (memory-bound), ~21% in the horizontal pass and transposes.
+ * output rows ahead. At 2.67x a 16-tile composite spends ~29% in the vertical pass (half of
+ * it interleaving source row pairs, which waits on memory) and ~27% in the horizontal pass
+ * and transposes.
  *
  * The filters are not designed here: media._scale computes them (swscale's bicubic, already
- * quantised to 14 bits, each output's weights summing to exactly 1 << 14) and caches them.
+ * quantised: vertical to 6 bits up to SHORT_TAPS taps, else 14, horizontal to 14; each
+ * output's weights summing to exactly the fixed-point 1) and caches them.
  * This file checks that they stay inside the planes and applies them with the GIL released.
  * resize() does one plane; tile() does a canvas cell at once (black bars around the picture,
  * then Y, U and V), because at 16 tiles per composite the Python around three resize() calls
  * and four numpy bar fills cost ~15% of the composite.
  *
  * Arithmetic, identical in the AVX2 and the portable path (the tests compare them bytewise):
- *   vertical, ytaps <= SHORT_TAPS: mid = sum_t mulhrs(src << 7, wy[t])   (pixel * 64; each
- *                                  product rounded, as pmulhrsw does)
- *   vertical, longer filters:      mid = (sum_t wy[t] * src + (1 << 7)) >> 8
+ *   vertical, ytaps <= SHORT_TAPS: mid = sum_t wy[t] * src   (6-bit weights: pixel * 64,
+ *                                  exact in int16, see SHORT_ABS_SUM)
+ *   vertical, longer filters:      mid = (sum_t wy[t] * src + (1 << 7)) >> 8   (14-bit)
  *   horizontal: out = clamp((sum wx * mid + (1 << 19)) >> 20, 0, 255)    (exact int32 sums)
- * A flat plane comes out exactly (see SHORT_TAPS). The bicubic's negative lobes keep `mid`
- * within about [-1700, 18000], so int16 never saturates and the int32 sums stay far below
- * 2^31.
+ * A flat plane comes out exactly: every output's weights sum to exactly 1. The bicubic's
+ * negative lobes keep `mid` within about [-1700, 18000], so int16 never saturates and the
+ * int32 sums stay far below 2^31. The 6-bit vertical weights cost ~7 dB of luma PSNR
+ * against swscale at 2.67x (~68 -> ~61 dB) and buy half the multiplies of one pmulhrsw per
+ * tap on rows widened to int16, without the widening.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -46,7 +50,7 @@
 typedef struct {
     const uint8_t *src;
     Py_ssize_t src_stride;
-    Py_ssize_t sw;
+    Py_ssize_t sh, sw;
     uint8_t *dst;
     Py_ssize_t dst_stride;
     Py_ssize_t dh, dw;
@@ -61,8 +65,8 @@ typedef struct {
     int16_t *mid;          /* portable: one intermediate row; AVX2: a block of 8 rows, then
                               the same block transposed (MID_ROWS * mid_stride each) */
     Py_ssize_t mid_stride; /* sw + 2 * xpairs rounded up to 16; zeroed past sw */
-    int16_t *ring;         /* SHORT_TAPS: ytaps source rows as int16 (pixel << 7) */
-    Py_ssize_t ring_stride;
+    uint8_t *ring;         /* SHORT_TAPS: ytaps source row pairs, bytes interleaved */
+    Py_ssize_t ring_stride; /* bytes per pair: 2 * sw rounded up to 64 */
     Py_ssize_t bar_left, bar_right; /* tile(): bytes to fill left and right of each row */
     uint8_t bar_value;
 } Job;
@@ -76,14 +80,14 @@ static void side_bars(const Job *j, uint8_t *out, Py_ssize_t rows) {
     }
 }
 
-/* Up to this many vertical taps the vertical pass rounds every product (pmulhrsw): each tap
- * is off by at most half a step of 1/64, and below 53 taps that can never move the final
- * rounding of a flat plane. Longer filters (shrinks beyond ~12x) sum exactly in int32. */
+/* Up to this many vertical taps the weights are 6-bit (SHORT_ONE is 1) and the vertical pass
+ * sums exact products in int16; longer filters (shrinks beyond ~12x) have 14-bit weights
+ * summed in int32. media._scale reads both constants. */
 #define SHORT_TAPS 48
-
-static inline int16_t mulhrs(int16_t a, int16_t b) {
-    return (int16_t)(((((int32_t)a * b) >> 14) + 1) >> 1);
-}
+#define SHORT_ONE 64
+/* A short filter's absolute weights sum to at most this per row (checked), so no partial sum
+ * leaves int16 (255 * 128 < 2^15) and no pmaddubsw pair saturates. */
+#define SHORT_ABS_SUM 128
 
 static inline uint8_t clamp_u8(int32_t v) { return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v); }
 
@@ -96,7 +100,7 @@ static void vpass_c(const Job *j, Py_ssize_t r, int16_t *mid, Py_ssize_t x0) {
         for (Py_ssize_t x = x0; x < j->sw; x++) {
             int32_t acc = 0;
             for (Py_ssize_t t = 0; t < j->ytaps; t++)
-                acc += mulhrs((int16_t)(rows[t * j->src_stride + x] << 7), w[t]);
+                acc += (int32_t)w[t] * rows[t * j->src_stride + x];
             mid[x] = (int16_t)acc;
         }
         return;
@@ -123,60 +127,81 @@ static void hpass_c(const Job *j, const int16_t *mid, uint8_t *out) {
 /* ------------------------------------------------------------------ AVX2 path */
 
 #if HAVE_AVX2_PATH
-/* Source row k as int16 (pixel << 7) into ring slot k % ytaps. */
-__attribute__((target("avx2"))) static void widen_avx2(const Job *j, Py_ssize_t k) {
-    const uint8_t *s = j->src + k * j->src_stride;
-    int16_t *d = j->ring + (k % j->ytaps) * j->ring_stride;
+/* Source rows k and k + 1, bytes interleaved (k0 k1 k0 k1 ...: what pmaddubsw multiplies by
+ * a weight pair), into ring slot k % ytaps; zeros up to the slot's end, so the vertical pass
+ * runs in whole 32-pixel vectors and the slack of `mid` reads as zeros. Past the plane's last
+ * row the pair repeats row k: its weight there is zero. Each source row goes into two pairs,
+ * and a pair serves about ytaps / (2 * shrink) output rows. */
+__attribute__((target("avx2"))) static void pair_avx2(const Job *j, Py_ssize_t k) {
+    const uint8_t *a = j->src + k * j->src_stride;
+    const uint8_t *b = k + 1 < j->sh ? a + j->src_stride : a;
+    uint8_t *d = j->ring + (k % j->ytaps) * j->ring_stride;
     Py_ssize_t x = 0;
-    for (; x + 16 <= j->sw; x += 16) {
-        __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s + x)));
-        _mm256_storeu_si256((__m256i *)(d + x), _mm256_slli_epi16(v, 7));
+    for (; x + 32 <= j->sw; x += 32) {
+        __m256i va = _mm256_loadu_si256((const __m256i *)(a + x));
+        __m256i vb = _mm256_loadu_si256((const __m256i *)(b + x));
+        /* lane order: pixels 0-7 | 16-23, then 8-15 | 24-31; vpass_short_avx2 undoes it */
+        _mm256_storeu_si256((__m256i *)(d + 2 * x), _mm256_unpacklo_epi8(va, vb));
+        _mm256_storeu_si256((__m256i *)(d + 2 * x + 32), _mm256_unpackhi_epi8(va, vb));
     }
-    for (; x < j->sw; x++)
-        d[x] = (int16_t)(s[x] << 7);
+    if (x < j->sw) { /* the last partial vector, in the same lane order */
+        uint8_t ta[32] = {0}, tb[32] = {0};
+        memcpy(ta, a + x, (size_t)(j->sw - x));
+        memcpy(tb, b + x, (size_t)(j->sw - x));
+        __m256i va = _mm256_loadu_si256((const __m256i *)ta);
+        __m256i vb = _mm256_loadu_si256((const __m256i *)tb);
+        _mm256_storeu_si256((__m256i *)(d + 2 * x), _mm256_unpacklo_epi8(va, vb));
+        _mm256_storeu_si256((__m256i *)(d + 2 * x + 32), _mm256_unpackhi_epi8(va, vb));
+        x += 32;
+    }
+    if (2 * x < j->ring_stride)
+        memset(d + 2 * x, 0, (size_t)(j->ring_stride - 2 * x));
 }
 
-/* Short filters: one pmulhrsw and one add per 16 pixels and tap, on rows widened once each
- * (a source row serves ytaps / shrink output rows), so no shuffles in the inner loop. */
+/* Short filters: one pmaddubsw (two taps x 16 pixels, exact in int16, see SHORT_ABS_SUM) and
+ * one add per pair of taps and 16 pixels, straight from the bytes: half the multiplies of
+ * one pmulhrsw per tap on widened rows, and no widening pass. An odd last tap pairs with a
+ * zero weight. */
 __attribute__((target("avx2"))) static void vpass_short_avx2(const Job *j, Py_ssize_t r,
                                                              int16_t *mid) {
     const int16_t *w = j->yw + r * j->ytaps;
-    const Py_ssize_t taps = j->ytaps, first = j->ypos[r];
-    const int16_t *rows[SHORT_TAPS];
-    __m256i wv[SHORT_TAPS];
-    for (Py_ssize_t t = 0; t < taps; t++) {
-        rows[t] = j->ring + ((first + t) % taps) * j->ring_stride;
-        wv[t] = _mm256_set1_epi16(w[t]);
+    const Py_ssize_t taps = j->ytaps, first = j->ypos[r], pairs = (taps + 1) / 2;
+    const uint8_t *rows[SHORT_TAPS / 2];
+    __m256i wv[SHORT_TAPS / 2];
+    for (Py_ssize_t p = 0; p < pairs; p++) {
+        Py_ssize_t t = 2 * p;
+        rows[p] = j->ring + ((first + t) % taps) * j->ring_stride;
+        int16_t w1 = t + 1 < taps ? w[t + 1] : 0;
+        wv[p] = _mm256_set1_epi16((int16_t)((uint8_t)w[t] | ((uint16_t)(uint8_t)w1 << 8)));
     }
-    Py_ssize_t x = 0;
-    /* 64 pixels per tap: the row pointer and weight loads are shared by four vectors. */
-    for (; x + 64 <= j->sw; x += 64) {
+    const Py_ssize_t end = j->ring_stride;
+    Py_ssize_t b = 0;
+    /* 64 pixels per pair of taps: the row pointer and weight loads are shared by 4 vectors. */
+    for (; b + 128 <= end; b += 128) {
         __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-        for (Py_ssize_t t = 0; t < taps; t++) {
-            const __m256i *p = (const __m256i *)(rows[t] + x);
-            a0 = _mm256_add_epi16(a0, _mm256_mulhrs_epi16(_mm256_loadu_si256(p), wv[t]));
-            a1 = _mm256_add_epi16(a1, _mm256_mulhrs_epi16(_mm256_loadu_si256(p + 1), wv[t]));
-            a2 = _mm256_add_epi16(a2, _mm256_mulhrs_epi16(_mm256_loadu_si256(p + 2), wv[t]));
-            a3 = _mm256_add_epi16(a3, _mm256_mulhrs_epi16(_mm256_loadu_si256(p + 3), wv[t]));
+        for (Py_ssize_t p = 0; p < pairs; p++) {
+            const __m256i *q = (const __m256i *)(rows[p] + b);
+            a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(_mm256_loadu_si256(q), wv[p]));
+            a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(_mm256_loadu_si256(q + 1), wv[p]));
+            a2 = _mm256_add_epi16(a2, _mm256_maddubs_epi16(_mm256_loadu_si256(q + 2), wv[p]));
+            a3 = _mm256_add_epi16(a3, _mm256_maddubs_epi16(_mm256_loadu_si256(q + 3), wv[p]));
         }
-        __m256i *m = (__m256i *)(mid + x);
-        _mm256_storeu_si256(m, a0);
-        _mm256_storeu_si256(m + 1, a1);
-        _mm256_storeu_si256(m + 2, a2);
-        _mm256_storeu_si256(m + 3, a3);
+        __m256i *m = (__m256i *)(mid + b / 2); /* a0: px 0-7 | 16-23, a1: 8-15 | 24-31 */
+        _mm256_storeu_si256(m, _mm256_permute2x128_si256(a0, a1, 0x20));
+        _mm256_storeu_si256(m + 1, _mm256_permute2x128_si256(a0, a1, 0x31));
+        _mm256_storeu_si256(m + 2, _mm256_permute2x128_si256(a2, a3, 0x20));
+        _mm256_storeu_si256(m + 3, _mm256_permute2x128_si256(a2, a3, 0x31));
     }
-    for (; x + 16 <= j->sw; x += 16) {
-        __m256i a0 = _mm256_setzero_si256();
-        for (Py_ssize_t t = 0; t < taps; t++)
-            a0 = _mm256_add_epi16(
-                a0, _mm256_mulhrs_epi16(_mm256_loadu_si256((const __m256i *)(rows[t] + x)), wv[t]));
-        _mm256_storeu_si256((__m256i *)(mid + x), a0);
-    }
-    for (; x < j->sw; x++) {
-        int32_t acc = 0;
-        for (Py_ssize_t t = 0; t < taps; t++)
-            acc += mulhrs(rows[t][x], w[t]);
-        mid[x] = (int16_t)acc;
+    for (; b < end; b += 64) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0;
+        for (Py_ssize_t p = 0; p < pairs; p++) {
+            const __m256i *q = (const __m256i *)(rows[p] + b);
+            a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(_mm256_loadu_si256(q), wv[p]));
+            a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(_mm256_loadu_si256(q + 1), wv[p]));
+        }
+        __m256i *m = (__m256i *)(mid + b / 2);
+        _mm256_storeu_si256(m, _mm256_permute2x128_si256(a0, a1, 0x20));
+        _mm256_storeu_si256(m + 1, _mm256_permute2x128_si256(a0, a1, 0x31));
     }
 }
 
@@ -316,7 +341,7 @@ __attribute__((target("avx2"))) static void vpass_avx2(const Job *j, Py_ssize_t 
     }
     Py_ssize_t first = j->ypos[r], end = first + j->ytaps;
     for (Py_ssize_t k = *widened > first ? *widened : first; k < end; k++)
-        widen_avx2(j, k);
+        pair_avx2(j, k);
     /* The source rows the row after next will widen: fetched now, they arrive while this
      * row and the next are computed (the plane is usually not in L2). */
     Py_ssize_t ahead = j->ypos[r + 2 < j->dh ? r + 2 : j->dh - 1] + j->ytaps;
@@ -338,7 +363,7 @@ static void run(Job *j, int simd) {
 #if HAVE_AVX2_PATH
     if (simd) {
         int16_t *block = j->mid, *tr = j->mid + MID_ROWS * stride;
-        Py_ssize_t widened = 0; /* source rows [0, widened) have been through the ring */
+        Py_ssize_t widened = 0; /* the pairs from rows [0, widened) have been through the ring */
         Py_ssize_t fetched = 0; /* and [0, fetched) have been prefetched */
         for (Py_ssize_t i = 0; i < MID_ROWS; i++) /* the slack reads as zeros */
             memset(block + i * stride + j->sw, 0, (size_t)(stride - j->sw) * sizeof(int16_t));
@@ -365,10 +390,13 @@ static void run(Job *j, int simd) {
 }
 
 /* The intermediate rows' length: room for any output's 2 * pairs samples from an even start
- * at most sw, in whole 16-sample vectors. */
+ * at most sw, in whole 32-sample vectors (what the short vertical pass writes). */
 static Py_ssize_t mid_stride(Py_ssize_t sw, Py_ssize_t pairs) {
-    return (sw + 2 * pairs + 15) & ~(Py_ssize_t)15;
+    return (sw + 2 * pairs + 31) & ~(Py_ssize_t)31;
 }
+
+/* A row pair's bytes in the ring: whole 32-pixel vectors of two rows. */
+static Py_ssize_t ring_stride(Py_ssize_t sw) { return 2 * ((sw + 31) & ~(Py_ssize_t)31); }
 
 static int have_avx2 = 0;
 
@@ -401,6 +429,21 @@ static int check_y(Py_buffer *pos, Py_buffer *w, Py_ssize_t n_out, Py_ssize_t ta
         if (p[i] < 0 || p[i] > n_in - taps || (i > 0 && p[i] < p[i - 1])) {
             PyErr_SetString(PyExc_ValueError, "y filter rows must be in the plane, in order");
             return -1;
+        }
+    }
+    if (taps <= SHORT_TAPS) { /* int16 sums: see SHORT_ABS_SUM */
+        const int16_t *wy = (const int16_t *)w->buf;
+        for (Py_ssize_t i = 0; i < n_out; i++) {
+            int32_t sum = 0;
+            for (Py_ssize_t t = 0; t < taps; t++)
+                sum += wy[i * taps + t] < 0 ? -wy[i * taps + t] : wy[i * taps + t];
+            if (sum > SHORT_ABS_SUM) {
+                PyErr_Format(PyExc_ValueError,
+                             "a y filter of up to %d taps must be 6-bit: absolute weights "
+                             "summing to at most %d per row",
+                             SHORT_TAPS, SHORT_ABS_SUM);
+                return -1;
+            }
         }
     }
     return 0;
@@ -458,6 +501,7 @@ static PyObject *resize(PyObject *self, PyObject *args, PyObject *kwargs) {
         goto done;
     j.src = (const uint8_t *)src.buf;
     j.src_stride = src.strides[0];
+    j.sh = src.shape[0];
     j.sw = src.shape[1];
     j.dst = (uint8_t *)dst.buf;
     j.dst_stride = dst.strides[0];
@@ -484,9 +528,9 @@ static PyObject *resize(PyObject *self, PyObject *args, PyObject *kwargs) {
     /* The intermediate rows (see run) and for short filters the ring of widened rows. */
     j.mid_stride = mid_stride(j.sw, xpairs);
     j.mid = (int16_t *)malloc((size_t)(2 * MID_ROWS * j.mid_stride) * sizeof(int16_t));
-    j.ring_stride = (j.sw + 15) & ~(Py_ssize_t)15;
+    j.ring_stride = ring_stride(j.sw);
     if (simd && ytaps <= SHORT_TAPS)
-        j.ring = (int16_t *)malloc((size_t)(ytaps * j.ring_stride) * sizeof(int16_t));
+        j.ring = (uint8_t *)malloc((size_t)(ytaps * j.ring_stride));
     if (j.mid == NULL || (simd && ytaps <= SHORT_TAPS && j.ring == NULL)) {
         PyErr_NoMemory();
         goto done;
@@ -580,7 +624,8 @@ static PyObject *tile(PyObject *self, PyObject *args, PyObject *kwargs) {
     memset(filters, 0, sizeof filters);
     Job jobs[3];
     memset(jobs, 0, sizeof jobs);
-    int16_t *mid = NULL, *ring = NULL;
+    int16_t *mid = NULL;
+    uint8_t *ring = NULL;
     PyObject *result = NULL;
     for (int i = 0; i < 6; i++) {
         int flags = PyBUF_STRIDES | PyBUF_FORMAT | (i >= 3 ? PyBUF_WRITABLE : 0);
@@ -608,6 +653,7 @@ static PyObject *tile(PyObject *self, PyObject *args, PyObject *kwargs) {
         Job *j = &jobs[i];
         j->src = (const uint8_t *)src->buf;
         j->src_stride = src->strides[0];
+        j->sh = src->shape[0];
         j->sw = src->shape[1];
         j->dst_stride = cell->strides[0];
         j->dst = (uint8_t *)cell->buf + b[1] * j->dst_stride + b[0];
@@ -623,7 +669,7 @@ static PyObject *tile(PyObject *self, PyObject *args, PyObject *kwargs) {
             check_x(&f->xstart, &f->xw, j->dw, j->xpairs, j->sw) < 0)
             goto done;
         j->mid_stride = mid_stride(j->sw, j->xpairs);
-        j->ring_stride = (j->sw + 15) & ~(Py_ssize_t)15;
+        j->ring_stride = ring_stride(j->sw);
         if (2 * MID_ROWS * j->mid_stride > mid_len)
             mid_len = 2 * MID_ROWS * j->mid_stride;
         if (j->ytaps <= SHORT_TAPS && j->ytaps * j->ring_stride > ring_len)
@@ -632,7 +678,7 @@ static PyObject *tile(PyObject *self, PyObject *args, PyObject *kwargs) {
     simd = simd && have_avx2;
     mid = (int16_t *)malloc((size_t)mid_len * sizeof(int16_t));
     if (simd && ring_len > 0)
-        ring = (int16_t *)malloc((size_t)ring_len * sizeof(int16_t));
+        ring = (uint8_t *)malloc((size_t)ring_len);
     if (mid == NULL || (simd && ring_len > 0 && ring == NULL)) {
         PyErr_NoMemory();
         goto done;
@@ -675,6 +721,9 @@ static int exec_module(PyObject *module) {
     __builtin_cpu_init();
     have_avx2 = __builtin_cpu_supports("avx2");
 #endif
+    if (PyModule_AddIntConstant(module, "SHORT_TAPS", SHORT_TAPS) < 0 ||
+        PyModule_AddIntConstant(module, "SHORT_ONE", SHORT_ONE) < 0)
+        return -1;
     return PyModule_AddIntConstant(module, "HAVE_AVX2", have_avx2);
 }
 

@@ -77,6 +77,11 @@ HAVE_RESAMPLER = _resample is not None
 _log = logging.getLogger(__name__)
 
 _ONE = 1 << 14  # the weights' fixed-point 1: what the C side's shifts assume
+# Vertical filters of up to _SHORT_TAPS taps get 6-bit weights instead (1 is _SHORT_ONE):
+# the C side then sums them on bytes in int16 (pmaddubsw). Both mirror _resample.c's
+# SHORT_TAPS and SHORT_ONE (a test checks).
+_SHORT_TAPS = 48
+_SHORT_ONE = 64
 _SWS_C = int(0.6 * (1 << 24))  # swscale's default bicubic C (B = 0), in its 8.24 fixed point
 
 _Filter = tuple[bytes, bytes, int]
@@ -167,9 +172,21 @@ def _fallback_warning() -> None:
 @lru_cache(maxsize=64)
 def _rows(n_in: int, n_out: int) -> _Filter:
     """The vertical filter for the C side: each output row's first source row (int32), its
-    ``taps`` 14-bit weights (int16) and ``taps``, the widest filter's width."""
-    weights = _quantise(_swscale_bicubic(n_in, n_out))
+    ``taps`` weights (int16) and ``taps``, the widest filter's width.
+
+    Up to ``_SHORT_TAPS`` taps (shrinks up to ~12x) the weights are 6-bit, which lets the C
+    side multiply source bytes directly, two taps per instruction: the vertical pass was ~40%
+    of a 16-tile composite, and the coarser weights cost ~7 dB of luma PSNR against swscale
+    at 2.67x (~68 -> ~61 dB per tile) and less at smaller shrinks. Longer filters keep 14-bit
+    weights (padded past ``_SHORT_TAPS`` if they would fit under it), summed exactly in int32.
+    """
+    matrix = _swscale_bicubic(n_in, n_out)
+    weights = _quantise(matrix, _SHORT_ONE)
     first, taps = _support(weights)
+    if taps > _SHORT_TAPS:
+        weights = _quantise(matrix, _ONE)
+        first, taps = _support(weights)
+        taps = max(taps, _SHORT_TAPS + 1)
     starts = np.minimum(first, n_in - taps)
     return starts.astype(np.int32).tobytes(), _window(weights, starts, taps).tobytes(), taps
 
@@ -221,11 +238,11 @@ def _window(
     return window
 
 
-def _quantise(matrix: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Rows scaled to sum to exactly ``_ONE``, each weight rounded so the running sum is
+def _quantise(matrix: npt.NDArray[np.int64], one: int = _ONE) -> npt.NDArray[np.int64]:
+    """Rows scaled to sum to exactly ``one``, each weight rounded so the running sum is
     rounded: no weight is off by more than one step and flat input stays flat exactly."""
     cumulative = np.cumsum(matrix, axis=1, dtype=np.float64)
-    scaled = np.rint(cumulative * (_ONE / cumulative[:, -1:]))
+    scaled = np.rint(cumulative * (one / cumulative[:, -1:]))
     weights: npt.NDArray[np.int64] = np.diff(scaled, axis=1, prepend=0).astype(np.int64)
     return weights
 

@@ -2,8 +2,9 @@
 
 The AVX2 path and the portable path must agree bit for bit (the portable one is what a
 machine without AVX2 runs, and what these tests check the AVX2 one against), on odd sizes,
-1-pixel planes, both vertical arithmetic modes (short filters round each product, long ones
-sum exactly), strided destinations and from several threads at once.
+1-pixel planes, both vertical arithmetic modes (short filters: 6-bit weights on bytes in
+int16, long ones: 14-bit weights in int32), strided destinations and from several threads at
+once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy.typing as npt
 import pytest
 
 from media import _resample
-from media._scale import _columns, _rows
+from media._scale import _SHORT_ONE, _SHORT_TAPS, _columns, _rows
 
 Plane = npt.NDArray[np.uint8]
 
@@ -56,6 +57,7 @@ def reference(src: Plane, dh: int, dw: int) -> npt.NDArray[np.float64]:
             w = np.frombuffer(w_b, np.int16).reshape(n_out, taps)
             for i in range(n_out):
                 m[i, pos[i] : pos[i] + taps] = w[i]
+            return m / (_SHORT_ONE if taps <= _SHORT_TAPS else 1 << 14)
         else:
             start_b, w_b, pairs = _columns(n_in, n_out)
             starts = np.frombuffer(start_b, np.int32)
@@ -160,6 +162,28 @@ def test_two_threads_at_once_get_the_same_pixels() -> None:
         t.join(timeout=60)
     assert not any(t.is_alive() for t in threads)
     assert not errors
+
+
+def test_python_designs_filters_for_the_arithmetic_the_c_side_applies() -> None:
+    assert (_resample.SHORT_TAPS, _resample.SHORT_ONE) == (_SHORT_TAPS, _SHORT_ONE)
+    for n_in, n_out in [(480, 180), (1080, 136), (1080, 30), (40, 1), (60, 1)]:
+        _, w_bytes, taps = _rows(n_in, n_out)
+        w = np.frombuffer(w_bytes, np.int16).reshape(n_out, taps).astype(np.int64)
+        one = _SHORT_ONE if taps <= _SHORT_TAPS else 1 << 14
+        assert (w.sum(axis=1) == one).all()
+        if taps <= _SHORT_TAPS:  # int16 sums of bytes never overflow (see _resample.c)
+            assert np.abs(w).sum(axis=1).max() <= 128
+
+
+def test_refuses_short_filters_whose_int16_sums_could_overflow() -> None:
+    src, out = noise(64, 48), np.zeros((18, 24), np.uint8)
+    ypos, yweights, ytaps = _rows(48, 18)
+    xstart, xweights, xpairs = _columns(64, 24)
+    loud = np.frombuffer(yweights, np.int16).reshape(18, ytaps).copy()
+    loud[3, :2] = (-40, 104)  # still sums to 64 on that row, but |w| sums to 144
+    loud[3, 2:] = 0
+    with pytest.raises(ValueError, match="6-bit"):
+        _resample.resize(src, out, ypos, loud.tobytes(), ytaps, xstart, xweights, xpairs)
 
 
 def test_refuses_filters_that_would_read_outside_the_planes() -> None:
