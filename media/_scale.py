@@ -76,10 +76,9 @@ HAVE_RESAMPLER = _resample is not None
 
 _log = logging.getLogger(__name__)
 
-_ONE = 1 << 14  # the weights' fixed-point 1: what the C side's shifts assume
-# Vertical filters of up to _SHORT_TAPS taps get 6-bit weights instead (1 is _SHORT_ONE):
-# the C side then sums them on bytes in int16 (pmaddubsw). Both mirror _resample.c's
-# SHORT_TAPS and SHORT_ONE (a test checks).
+_ONE = 1 << 14  # the 1 of vertical filters longer than _SHORT_TAPS (summed in int32)
+# Every other filter has 6-bit weights (1 is _SHORT_ONE), which the C side sums on bytes in
+# int16 (pmaddubsw). Both mirror _resample.c's SHORT_TAPS and SHORT_ONE (a test checks).
 _SHORT_TAPS = 48
 _SHORT_ONE = 64
 _SWS_C = int(0.6 * (1 << 24))  # swscale's default bicubic C (B = 0), in its 8.24 fixed point
@@ -174,11 +173,12 @@ def _rows(n_in: int, n_out: int) -> _Filter:
     """The vertical filter for the C side: each output row's first source row (int32), its
     ``taps`` weights (int16) and ``taps``, the widest filter's width.
 
-    Up to ``_SHORT_TAPS`` taps (shrinks up to ~12x) the weights are 6-bit, which lets the C
-    side multiply source bytes directly, two taps per instruction: the vertical pass was ~40%
-    of a 16-tile composite, and the coarser weights cost ~7 dB of luma PSNR against swscale
-    at 2.67x (~68 -> ~61 dB per tile) and less at smaller shrinks. Longer filters keep 14-bit
-    weights (padded past ``_SHORT_TAPS`` if they would fit under it), summed exactly in int32.
+    Up to ``_SHORT_TAPS`` taps (shrinks up to ~12x) the weights are 6-bit, as the horizontal
+    ones always are, which lets the C side multiply bytes directly, two taps per instruction
+    (pmaddubsw), in both passes, with 8-bit intermediate rows: half the multiplies of the
+    14-bit version and no widening of source rows. Against swscale that costs ~10 dB of luma
+    PSNR (per tile at 2.67x ~68 -> ~58 dB; the target is 45). Longer filters keep 14-bit
+    weights (padded past ``_SHORT_TAPS`` if they would fit under it), summed in int32.
     """
     matrix = _swscale_bicubic(n_in, n_out)
     weights = _quantise(matrix, _SHORT_ONE)
@@ -194,7 +194,8 @@ def _rows(n_in: int, n_out: int) -> _Filter:
 @lru_cache(maxsize=64)
 def _columns(n_in: int, n_out: int) -> _Filter:
     """The horizontal filter for the C side: each output's first sample (int32, even), its
-    ``2 * pairs`` 14-bit weights from there (int16) and ``pairs``, the widest output's.
+    ``2 * pairs`` 6-bit weights from there (int8, see ``_rows`` for why 6 bits) and
+    ``pairs``, the widest output's.
 
     Both cover ``n_out`` rounded up to a multiple of 8 (the extra outputs are zero weights
     from sample 0): the C side computes 8 outputs side by side, so the weights are laid out
@@ -202,14 +203,14 @@ def _columns(n_in: int, n_out: int) -> _Filter:
     sample pairs (see ``_resample.c``); an output whose first tap is odd gets a zero weight in
     front.
     """
-    weights = _quantise(_swscale_bicubic(n_in, n_out))
+    weights = _quantise(_swscale_bicubic(n_in, n_out), _SHORT_ONE)
     first, _ = _support(weights)
     last = n_in - 1 - (weights != 0)[:, ::-1].argmax(axis=1)
     starts = first & ~1
     pairs = int(((last - starts) // 2).max()) + 1
     padded = -(-n_out // 8) * 8
     starts = np.concatenate([starts, np.zeros(padded - n_out, dtype=starts.dtype)])
-    window = np.zeros((padded, 2 * pairs), dtype=np.int16)
+    window = np.zeros((padded, 2 * pairs), dtype=np.int8)
     window[:n_out] = _window(weights, starts[:n_out], 2 * pairs)
     layout = window.reshape(-1, 8, pairs, 2).transpose(0, 2, 1, 3)  # [block][pair][output][2]
     return starts.astype(np.int32).tobytes(), np.ascontiguousarray(layout).tobytes(), pairs
@@ -238,7 +239,7 @@ def _window(
     return window
 
 
-def _quantise(matrix: npt.NDArray[np.int64], one: int = _ONE) -> npt.NDArray[np.int64]:
+def _quantise(matrix: npt.NDArray[np.int64], one: int) -> npt.NDArray[np.int64]:
     """Rows scaled to sum to exactly ``one``, each weight rounded so the running sum is
     rounded: no weight is off by more than one step and flat input stays flat exactly."""
     cumulative = np.cumsum(matrix, axis=1, dtype=np.float64)
