@@ -21,21 +21,23 @@ interleaved runs; absolute numbers move by 1.5x), 640x480 inputs on a 1280x720 c
 9 / 4 tiles (2.67x / 2x / 1.33x):
 
 * luma PSNR of the whole canvas against FFmpeg's filter graph (``python -m bench.compositor``):
-  68.7 / 69.2 / 71.8 dB (the OpenCV chain: 48.6 / 51.3 / 51.6); what is left is rounding
-  (swscale filters horizontally first, through 15-bit intermediates);
-* compose rate against that graph, same run: 1.71 / 1.67 / 1.44x (medians of 6 runs,
-  interleaved with 6 runs of the code before the transposed horizontal pass, source
-  prefetching, per-row side bars and cached placements, which gave 1.39 / 1.37 / 1.21x; load
-  average ~5 on the 2 vCPUs, single runs 1.66-1.99x at 16 tiles; the OpenCV chain: ~1.0 /
-  1.1 / 0.8x);
-* one tile (Y, U, V, ``python -m bench.scale``): swscale on one thread takes 1.9 / 1.3 /
-  1.2x callbot's time at 16 / 9 / 4 tiles (before those changes 1.2 / 1.0 / 1.3x in the
-  same period; absolute times doubled between runs with the load).
+  59.8 / 63.9 / 63.7 dB (the OpenCV chain: 48.6 / 51.3 / 51.6); with 14-bit weights and int16
+  intermediates it was 68.7 / 69.2 / 71.8 dB, and the 6-bit weights and 8-bit intermediate
+  rows that cost ~10 dB (see ``_rows``) bought ~20% of the composite;
+* compose rate against that graph, same run: 2.56 / 2.16 / 1.71x (medians of 6 runs,
+  interleaved with 6 runs of the 14-bit code, which gave 2.11 / 1.74 / 1.51x in that period:
+  FFmpeg's side slows more than ours under load, so absolute ratios move with it; single
+  runs 2.15-2.82x at 16 tiles against 1.70-2.47x; the OpenCV chain: ~1.0 / 1.1 / 0.8x);
+* one tile (Y, U, V, ``python -m bench.scale``): swscale on one thread took 1.9 / 1.3 /
+  1.2x callbot's time at 16 / 9 / 4 tiles with the 14-bit code; 16 tiles through ``tile()``
+  on one thread now take ~1.4 ms (best of 400) against ~1.7 ms for 6-bit vertical weights
+  alone and ~2.1 ms for the 14-bit code.
 
-Where a 16-tile composite goes on one thread (``perf``): ~23% the vertical pass (ALU-bound:
-one pmulhrsw and one add per tap and 16 pixels), ~20% widening source rows to int16, which
-waits on memory even with prefetching (the frames are not in L2; ~13 GB/s), ~21% the
-horizontal pass with its transposes, and ~10% Python; see ``_resample.c``.
+Where a 16-tile composite's resampling goes on one thread (``perf``, share of all samples):
+~22% the vertical pass (one pmaddubsw and one add per two taps and 16 pixels), ~19%
+interleaving source row pairs for it, which waits on memory even with prefetching (the frames
+are not in L2), ~21% the horizontal pass with its transposes, ~4% checking the filters on
+every call; see ``_resample.c``.
 
 The chroma planes get the same centre-aligned filter as luma. swscale places 4:2:0 chroma
 left-aligned (co-sited with the even luma columns, as MPEG-2 and H.264 do by default), which
