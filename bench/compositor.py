@@ -5,8 +5,9 @@ For n in (4, 9, 16) decoded 640x480 yuv420p inputs are composed on a 1280x720 yu
 * callbot: ``media.canvas.Canvas.compose`` (each plane resized straight into its canvas view,
   no RGB round trip; one C call per tile for its bars and three planes), labels off; the canvas
   paints disjoint tiles on its two threads, so the ratio depends on whether the machine's
-  second core is free (on a 2-vCPU machine at load average ~5, 16 tiles gave 1.66-1.99x
-  between runs, median 1.71x).
+  second core is free (on a 2-vCPU machine at load average ~2-3, 16 tiles gave 2.15-2.82x
+  between runs, median 2.56x, at 59.8 dB; FFmpeg's side slows more than ours under load, so
+  the ratio moves with it).
 * FFmpeg: one ``av.filter.Graph``: per input ``buffer`` -> ``scale`` to the fitted size from
   ``media.layout.fit`` (default swscale flags, i.e. bicubic: what anyone gets from
   ``ffmpeg -filter_complex``) -> ``pad`` to its cell -> ``xstack`` (same cells, black fill) ->

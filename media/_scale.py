@@ -21,21 +21,23 @@ interleaved runs; absolute numbers move by 1.5x), 640x480 inputs on a 1280x720 c
 9 / 4 tiles (2.67x / 2x / 1.33x):
 
 * luma PSNR of the whole canvas against FFmpeg's filter graph (``python -m bench.compositor``):
-  68.7 / 69.2 / 71.8 dB (the OpenCV chain: 48.6 / 51.3 / 51.6); what is left is rounding
-  (swscale filters horizontally first, through 15-bit intermediates);
-* compose rate against that graph, same run: 1.71 / 1.67 / 1.44x (medians of 6 runs,
-  interleaved with 6 runs of the code before the transposed horizontal pass, source
-  prefetching, per-row side bars and cached placements, which gave 1.39 / 1.37 / 1.21x; load
-  average ~5 on the 2 vCPUs, single runs 1.66-1.99x at 16 tiles; the OpenCV chain: ~1.0 /
-  1.1 / 0.8x);
-* one tile (Y, U, V, ``python -m bench.scale``): swscale on one thread takes 1.9 / 1.3 /
-  1.2x callbot's time at 16 / 9 / 4 tiles (before those changes 1.2 / 1.0 / 1.3x in the
-  same period; absolute times doubled between runs with the load).
+  59.8 / 63.9 / 63.7 dB (the OpenCV chain: 48.6 / 51.3 / 51.6); with 14-bit weights and int16
+  intermediates it was 68.7 / 69.2 / 71.8 dB, and the 6-bit weights and 8-bit intermediate
+  rows that cost ~10 dB (see ``_rows``) bought ~20% of the composite;
+* compose rate against that graph, same run: 2.56 / 2.16 / 1.71x (medians of 6 runs,
+  interleaved with 6 runs of the 14-bit code, which gave 2.11 / 1.74 / 1.51x in that period:
+  FFmpeg's side slows more than ours under load, so absolute ratios move with it; single
+  runs 2.15-2.82x at 16 tiles against 1.70-2.47x; the OpenCV chain: ~1.0 / 1.1 / 0.8x);
+* one tile (Y, U, V, ``python -m bench.scale``): swscale on one thread took 1.9 / 1.3 /
+  1.2x callbot's time at 16 / 9 / 4 tiles with the 14-bit code; 16 tiles through ``tile()``
+  on one thread now take ~1.4 ms (best of 400) against ~1.7 ms for 6-bit vertical weights
+  alone and ~2.1 ms for the 14-bit code.
 
-Where a 16-tile composite goes on one thread (``perf``): ~23% the vertical pass (ALU-bound:
-one pmulhrsw and one add per tap and 16 pixels), ~20% widening source rows to int16, which
-waits on memory even with prefetching (the frames are not in L2; ~13 GB/s), ~21% the
-horizontal pass with its transposes, and ~10% Python; see ``_resample.c``.
+Where a 16-tile composite's resampling goes on one thread (``perf``, share of all samples):
+~22% the vertical pass (one pmaddubsw and one add per two taps and 16 pixels), ~19%
+interleaving source row pairs for it, which waits on memory even with prefetching (the frames
+are not in L2), ~21% the horizontal pass with its transposes, ~4% checking the filters on
+every call; see ``_resample.c``.
 
 The chroma planes get the same centre-aligned filter as luma. swscale places 4:2:0 chroma
 left-aligned (co-sited with the even luma columns, as MPEG-2 and H.264 do by default), which
@@ -76,7 +78,11 @@ HAVE_RESAMPLER = _resample is not None
 
 _log = logging.getLogger(__name__)
 
-_ONE = 1 << 14  # the weights' fixed-point 1: what the C side's shifts assume
+_ONE = 1 << 14  # the 1 of vertical filters longer than _SHORT_TAPS (summed in int32)
+# Every other filter has 6-bit weights (1 is _SHORT_ONE), which the C side sums on bytes in
+# int16 (pmaddubsw). Both mirror _resample.c's SHORT_TAPS and SHORT_ONE (a test checks).
+_SHORT_TAPS = 48
+_SHORT_ONE = 64
 _SWS_C = int(0.6 * (1 << 24))  # swscale's default bicubic C (B = 0), in its 8.24 fixed point
 
 _Filter = tuple[bytes, bytes, int]
@@ -167,9 +173,22 @@ def _fallback_warning() -> None:
 @lru_cache(maxsize=64)
 def _rows(n_in: int, n_out: int) -> _Filter:
     """The vertical filter for the C side: each output row's first source row (int32), its
-    ``taps`` 14-bit weights (int16) and ``taps``, the widest filter's width."""
-    weights = _quantise(_swscale_bicubic(n_in, n_out))
+    ``taps`` weights (int16) and ``taps``, the widest filter's width.
+
+    Up to ``_SHORT_TAPS`` taps (shrinks up to ~12x) the weights are 6-bit, as the horizontal
+    ones always are, which lets the C side multiply bytes directly, two taps per instruction
+    (pmaddubsw), in both passes, with 8-bit intermediate rows: half the multiplies of the
+    14-bit version and no widening of source rows. Against swscale that costs ~10 dB of luma
+    PSNR (per tile at 2.67x ~68 -> ~58 dB; the target is 45). Longer filters keep 14-bit
+    weights (padded past ``_SHORT_TAPS`` if they would fit under it), summed in int32.
+    """
+    matrix = _swscale_bicubic(n_in, n_out)
+    weights = _quantise(matrix, _SHORT_ONE)
     first, taps = _support(weights)
+    if taps > _SHORT_TAPS:
+        weights = _quantise(matrix, _ONE)
+        first, taps = _support(weights)
+        taps = max(taps, _SHORT_TAPS + 1)
     starts = np.minimum(first, n_in - taps)
     return starts.astype(np.int32).tobytes(), _window(weights, starts, taps).tobytes(), taps
 
@@ -177,7 +196,8 @@ def _rows(n_in: int, n_out: int) -> _Filter:
 @lru_cache(maxsize=64)
 def _columns(n_in: int, n_out: int) -> _Filter:
     """The horizontal filter for the C side: each output's first sample (int32, even), its
-    ``2 * pairs`` 14-bit weights from there (int16) and ``pairs``, the widest output's.
+    ``2 * pairs`` 6-bit weights from there (int8, see ``_rows`` for why 6 bits) and
+    ``pairs``, the widest output's.
 
     Both cover ``n_out`` rounded up to a multiple of 8 (the extra outputs are zero weights
     from sample 0): the C side computes 8 outputs side by side, so the weights are laid out
@@ -185,14 +205,14 @@ def _columns(n_in: int, n_out: int) -> _Filter:
     sample pairs (see ``_resample.c``); an output whose first tap is odd gets a zero weight in
     front.
     """
-    weights = _quantise(_swscale_bicubic(n_in, n_out))
+    weights = _quantise(_swscale_bicubic(n_in, n_out), _SHORT_ONE)
     first, _ = _support(weights)
     last = n_in - 1 - (weights != 0)[:, ::-1].argmax(axis=1)
     starts = first & ~1
     pairs = int(((last - starts) // 2).max()) + 1
     padded = -(-n_out // 8) * 8
     starts = np.concatenate([starts, np.zeros(padded - n_out, dtype=starts.dtype)])
-    window = np.zeros((padded, 2 * pairs), dtype=np.int16)
+    window = np.zeros((padded, 2 * pairs), dtype=np.int8)
     window[:n_out] = _window(weights, starts[:n_out], 2 * pairs)
     layout = window.reshape(-1, 8, pairs, 2).transpose(0, 2, 1, 3)  # [block][pair][output][2]
     return starts.astype(np.int32).tobytes(), np.ascontiguousarray(layout).tobytes(), pairs
@@ -221,11 +241,11 @@ def _window(
     return window
 
 
-def _quantise(matrix: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Rows scaled to sum to exactly ``_ONE``, each weight rounded so the running sum is
+def _quantise(matrix: npt.NDArray[np.int64], one: int) -> npt.NDArray[np.int64]:
+    """Rows scaled to sum to exactly ``one``, each weight rounded so the running sum is
     rounded: no weight is off by more than one step and flat input stays flat exactly."""
     cumulative = np.cumsum(matrix, axis=1, dtype=np.float64)
-    scaled = np.rint(cumulative * (_ONE / cumulative[:, -1:]))
+    scaled = np.rint(cumulative * (one / cumulative[:, -1:]))
     weights: npt.NDArray[np.int64] = np.diff(scaled, axis=1, prepend=0).astype(np.int64)
     return weights
 

@@ -2,8 +2,9 @@
 
 The AVX2 path and the portable path must agree bit for bit (the portable one is what a
 machine without AVX2 runs, and what these tests check the AVX2 one against), on odd sizes,
-1-pixel planes, both vertical arithmetic modes (short filters round each product, long ones
-sum exactly), strided destinations and from several threads at once.
+1-pixel planes, both vertical arithmetic modes (short filters: 6-bit weights on bytes in
+int16, long ones: 14-bit weights in int32), strided destinations and from several threads at
+once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy.typing as npt
 import pytest
 
 from media import _resample
-from media._scale import _columns, _rows
+from media._scale import _SHORT_ONE, _SHORT_TAPS, _columns, _rows
 
 Plane = npt.NDArray[np.uint8]
 
@@ -44,34 +45,55 @@ def run(src: Plane, dst: Plane, *, simd: bool = True) -> None:
     _resample.resize(src, dst, *_rows(sh, dh), *_columns(sw, dw), simd=simd)
 
 
-def reference(src: Plane, dh: int, dw: int) -> npt.NDArray[np.float64]:
-    """The same filters applied in floating point (no intermediate rounding)."""
+def reference(src: Plane, dh: int, dw: int) -> Plane:
+    """The documented arithmetic (_resample.c's header) on the same filters, in numpy."""
     sh, sw = src.shape
+    pos = np.frombuffer(_rows(sh, dh)[0], np.int32)
+    _, yw_b, taps = _rows(sh, dh)
+    wy = np.frombuffer(yw_b, np.int16).reshape(dh, taps)
+    rows = np.zeros((dh, sh), np.int64)
+    for i in range(dh):
+        rows[i, pos[i] : pos[i] + taps] = wy[i]
+    shift = 6 if taps <= _SHORT_TAPS else 14  # the weights' 1: _SHORT_ONE or 1 << 14
+    mid = np.clip((rows @ src.astype(np.int64) + (1 << (shift - 1))) >> shift, 0, 255)
 
-    def dense(n_in: int, n_out: int, rows: bool) -> npt.NDArray[np.float64]:
-        m = np.zeros((n_out, n_in))
-        if rows:
-            pos_b, w_b, taps = _rows(n_in, n_out)
-            pos = np.frombuffer(pos_b, np.int32)
-            w = np.frombuffer(w_b, np.int16).reshape(n_out, taps)
-            for i in range(n_out):
-                m[i, pos[i] : pos[i] + taps] = w[i]
-        else:
-            start_b, w_b, pairs = _columns(n_in, n_out)
-            starts = np.frombuffer(start_b, np.int32)
-            assert len(starts) % 8 == 0 and not (starts % 2).any()
-            blocks = np.frombuffer(w_b, np.int16).reshape(len(starts) // 8, pairs, 8, 2)
-            assert not blocks.transpose(0, 2, 1, 3).reshape(-1, 2 * pairs)[n_out:].any()
-            for i in range(n_out):
-                g, k = divmod(i, 8)
-                taps = blocks[g, :, k, :].ravel()
-                cols = starts[i] + np.arange(2 * pairs)
-                inside = cols < n_in
-                m[i, cols[inside]] = taps[inside]
-                assert not taps[~inside].any()
-        return m / (1 << 14)
+    start_b, w_b, pairs = _columns(sw, dw)
+    starts = np.frombuffer(start_b, np.int32)
+    assert len(starts) % 8 == 0 and not (starts % 2).any()
+    blocks = np.frombuffer(w_b, np.int8).reshape(len(starts) // 8, pairs, 8, 2)
+    assert not blocks.transpose(0, 2, 1, 3).reshape(-1, 2 * pairs)[dw:].any()
+    cols = np.zeros((dw, sw), np.int64)
+    for i in range(dw):
+        g, k = divmod(i, 8)
+        taps_x = blocks[g, :, k, :].ravel()
+        at = starts[i] + np.arange(2 * pairs)
+        inside = at < sw
+        cols[i, at[inside]] = taps_x[inside]
+        assert not taps_x[~inside].any()
+    assert (cols.sum(axis=1) == _SHORT_ONE).all() and (rows.sum(axis=1) == 1 << shift).all()
+    return np.clip((mid @ cols.T + 32) >> 6, 0, 255).astype(np.uint8)
 
-    return dense(sh, dh, True) @ src.astype(np.float64) @ dense(sw, dw, False).T
+
+def float_reference(src: Plane, dh: int, dw: int) -> npt.NDArray[np.float64]:
+    """The same filters in floating point: no rounding, only the intermediate rows clamped."""
+    sh, sw = src.shape
+    pos = np.frombuffer(_rows(sh, dh)[0], np.int32)
+    _, yw_b, taps = _rows(sh, dh)
+    wy = np.frombuffer(yw_b, np.int16).reshape(dh, taps)
+    rows = np.zeros((dh, sh))
+    for i in range(dh):
+        rows[i, pos[i] : pos[i] + taps] = wy[i]
+    start_b, w_b, pairs = _columns(sw, dw)
+    starts = np.frombuffer(start_b, np.int32)
+    blocks = np.frombuffer(w_b, np.int8).reshape(len(starts) // 8, pairs, 8, 2)
+    cols = np.zeros((dw, sw))
+    for i in range(dw):
+        g, k = divmod(i, 8)
+        at = starts[i] + np.arange(2 * pairs)
+        cols[i, at[at < sw]] = blocks[g, :, k, :].ravel()[at < sw]
+    rows /= rows.sum(axis=1, keepdims=True)
+    cols /= cols.sum(axis=1, keepdims=True)
+    return np.clip(rows @ src.astype(np.float64), 0, 255) @ cols.T
 
 
 def noise(w: int, h: int, seed: int = 0) -> Plane:
@@ -92,16 +114,29 @@ def test_simd_and_portable_paths_give_the_same_bytes(
 
 @pytest.mark.parametrize(("src_wh", "dst_wh"), SHAPES)
 @pytest.mark.parametrize("simd", [True, False])
-def test_matches_its_filters_in_floating_point_and_clamps(
+def test_is_its_documented_arithmetic_and_clamps(
     src_wh: tuple[int, int], dst_wh: tuple[int, int], simd: bool
 ) -> None:
     # Hard 0/255 edges overshoot (the bicubic's negative lobes): out of range must clamp,
-    # never wrap round.
+    # never wrap round, in the 8-bit intermediate rows too.
     src = np.where(noise(*src_wh) > 127, 255, 0).astype(np.uint8)
     out = np.zeros((dst_wh[1], dst_wh[0]), np.uint8)
     run(src, out, simd=simd)
-    expected = np.clip(reference(src, *out.shape), 0, 255)
-    assert np.abs(out - expected).max() <= 1
+    assert (out == reference(src, *out.shape)).all()
+
+
+@pytest.mark.parametrize(("src_wh", "dst_wh"), SHAPES)
+def test_stays_within_two_levels_of_its_filters_in_floating_point(
+    src_wh: tuple[int, int], dst_wh: tuple[int, int]
+) -> None:
+    # Two roundings (the 8-bit intermediate rows, then the output), the first spread by the
+    # horizontal filter's absolute weights (<= 1.2 of half a level); on natural pictures the
+    # error is far smaller.
+    src = noise(*src_wh, seed=5)
+    out = np.zeros((dst_wh[1], dst_wh[0]), np.uint8)
+    run(src, out)
+    expected = np.clip(float_reference(src, *out.shape), 0, 255)
+    assert np.abs(out - expected).max() <= 2
 
 
 @pytest.mark.parametrize(("src_wh", "dst_wh"), SHAPES)
@@ -160,6 +195,28 @@ def test_two_threads_at_once_get_the_same_pixels() -> None:
         t.join(timeout=60)
     assert not any(t.is_alive() for t in threads)
     assert not errors
+
+
+def test_python_designs_filters_for_the_arithmetic_the_c_side_applies() -> None:
+    assert (_resample.SHORT_TAPS, _resample.SHORT_ONE) == (_SHORT_TAPS, _SHORT_ONE)
+    for n_in, n_out in [(480, 180), (1080, 136), (1080, 30), (40, 1), (60, 1)]:
+        _, w_bytes, taps = _rows(n_in, n_out)
+        w = np.frombuffer(w_bytes, np.int16).reshape(n_out, taps).astype(np.int64)
+        one = _SHORT_ONE if taps <= _SHORT_TAPS else 1 << 14
+        assert (w.sum(axis=1) == one).all()
+        if taps <= _SHORT_TAPS:  # int16 sums of bytes never overflow (see _resample.c)
+            assert np.abs(w).sum(axis=1).max() <= 128
+
+
+def test_refuses_short_filters_whose_int16_sums_could_overflow() -> None:
+    src, out = noise(64, 48), np.zeros((18, 24), np.uint8)
+    ypos, yweights, ytaps = _rows(48, 18)
+    xstart, xweights, xpairs = _columns(64, 24)
+    loud = np.frombuffer(yweights, np.int16).reshape(18, ytaps).copy()
+    loud[3, :2] = (-40, 104)  # still sums to 64 on that row, but |w| sums to 144
+    loud[3, 2:] = 0
+    with pytest.raises(ValueError, match="6-bit"):
+        _resample.resize(src, out, ypos, loud.tobytes(), ytaps, xstart, xweights, xpairs)
 
 
 def test_refuses_filters_that_would_read_outside_the_planes() -> None:

@@ -97,11 +97,13 @@ def luma_psnr(a: Plane, b: Plane) -> float:
 @pytest.mark.parametrize(
     ("w", "h", "floor_db", "resampler_floor_db"),
     [
-        (240, 180, 46.5, 60),  # 16 tiles (2.67x): opencv 47.4 dB, resampler ~66
+        # resampler measured 58.4 / 62.7 / 62.5 / 59.3 / 57.6 / 58.4 dB (6-bit weights, 8-bit
+        # intermediate rows)
+        (240, 180, 46.5, 56),  # 16 tiles (2.67x): opencv 47.4 dB
         (320, 240, 45, 60),  # 9 tiles (2x)
         (480, 360, 45, 60),  # 4 tiles (1.33x, no 2x step)
-        (320, 180, 45, 60),  # 2x on one axis, 2.67x on the other
-        (160, 120, 45, 60),  # two 2x steps
+        (320, 180, 45, 56),  # 2x on one axis, 2.67x on the other
+        (160, 120, 45, 55),  # two 2x steps
         (321, 181, 45, 55),  # odd sizes
         (1280, 960, 45, 45),  # enlarging (cv2.INTER_CUBIC either way)
     ],
