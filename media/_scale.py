@@ -7,8 +7,9 @@ A shrink runs the small C extension ``media._resample``: a separable fixed-point
 that applies exactly the filter FFmpeg's swscale applies by default (bicubic, B=0, C=0.6,
 stretched by the shrink factor so nothing aliases, centre-aligned, clamped at the edges).
 This module designs that filter by mirroring swscale's ``initFilter`` integer arithmetic,
-quantises it to 14-bit weights that sum to exactly 1 so flat colours stay exact, and caches
-it per (input size, output size); the C side only applies it, with the GIL released, so the
+quantises it to fixed-point weights that sum to exactly 1 so flat colours stay exact (6-bit
+for filters up to 48 taps, i.e. shrinks up to ~12x; 14-bit beyond), and caches it per (input
+size, output size); the C side only applies it, with the GIL released, so the
 canvas's tile threads run in parallel. The canvas paints a whole tile (black bars, Y, U, V)
 with one call, :func:`paint_picture`: per-plane calls and numpy bar fills cost ~0.7-1 ms of a
 ~6 ms 16-tile composite on one thread. Why in C rather than OpenCV: matching swscale takes a
