@@ -390,8 +390,13 @@ class ProbeFactory:
         return probe.audio_summary(self.flashes_for(probe))
 
     async def aclose(self) -> None:
-        for attached in self._attached:
-            await attached.probe.aclose()
+        """Close every probe, even if one fails to; then raise the first failure."""
+        results = await asyncio.gather(
+            *(attached.probe.aclose() for attached in self._attached), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def streams(self) -> list[StreamReport]:
         """Each probe's measurements, for :func:`media.report.write_report` (after ``aclose``)."""
@@ -402,15 +407,17 @@ class ProbeFactory:
             probe = attached.probe
             if probe.kind == "video":
                 worst = await asyncio.to_thread(worst_pictures, probe.worst_frames())
+                video = await asyncio.to_thread(probe.video_summary)
                 notes = () if attached.reference else ("no reference pattern: no PSNR/SSIM",)
                 out.append(
                     StreamReport(
-                        label=probe.label, video=probe.video_summary(), records=probe.records,
+                        label=probe.label, video=video, records=probe.records,
                         reference=attached.reference, worst=worst, notes=notes,
                     )
                 )  # fmt: skip
             else:
-                out.append(StreamReport(label=probe.label, audio=self.audio_summary(probe)))
+                audio = await asyncio.to_thread(self.audio_summary, probe)
+                out.append(StreamReport(label=probe.label, audio=audio))
         return out
 
 

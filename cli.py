@@ -961,7 +961,7 @@ async def _probe(args: argparse.Namespace) -> int:
             track.peer_id, {"peer_id": track.peer_id, "name": track.peer_name}
         )
         if track.kind == "video":
-            video = probe.video_summary()
+            video = await asyncio.to_thread(probe.video_summary)
             peer["video"] = video.as_dict()
             ref = reference(track)
             worst = await asyncio.to_thread(worst_pictures, probe.worst_frames())
@@ -974,7 +974,7 @@ async def _probe(args: argparse.Namespace) -> int:
         else:
             video_probe = videos.get(track.peer_id)
             flashes = video_probe.records if video_probe is not None else ()
-            audio = probe.audio_summary(flashes)
+            audio = await asyncio.to_thread(probe.audio_summary, flashes)
             peer["audio"] = audio.as_dict()
             streams.append(StreamReport(label=probe.label, audio=audio))
     report = None

@@ -87,6 +87,8 @@ static void side_bars(const Job *j, uint8_t *out, Py_ssize_t rows) {
 /* A short filter's absolute weights sum to at most this per row (checked), so no partial sum
  * leaves int16 (255 * 128 < 2^15) and no pmaddubsw pair saturates. */
 #define SHORT_ABS_SUM 128
+/* Long (14-bit) filters accumulate 255 * sum|w| plus rounding in int32. */
+#define LONG_ABS_SUM ((INT32_MAX - (1 << 13)) / 255)
 
 static inline uint8_t clamp_u8(int32_t v) { return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v); }
 
@@ -453,6 +455,19 @@ static int check_y(Py_buffer *pos, Py_buffer *w, Py_ssize_t n_out, Py_ssize_t ta
                              "a y filter of up to %d taps must be 6-bit: absolute weights "
                              "summing to at most %d per row",
                              SHORT_TAPS, SHORT_ABS_SUM);
+                return -1;
+            }
+        }
+    } else { /* int32 sums of 14-bit weights: keep them from overflowing (UB in C) */
+        const int16_t *wy = (const int16_t *)w->buf;
+        for (Py_ssize_t i = 0; i < n_out; i++) {
+            int64_t sum = 0;
+            for (Py_ssize_t t = 0; t < taps; t++)
+                sum += wy[i * taps + t] < 0 ? -(int64_t)wy[i * taps + t] : wy[i * taps + t];
+            if (sum > LONG_ABS_SUM) {
+                PyErr_Format(PyExc_ValueError,
+                             "a y filter row's absolute weights must sum to at most %ld",
+                             (long)LONG_ABS_SUM);
                 return -1;
             }
         }

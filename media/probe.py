@@ -24,6 +24,7 @@ from aiortc.mediastreams import MediaStreamError
 from ._tasks import OwnedTasks
 from .analysis_audio import AudioAnalyzer, AudioSummary
 from .analysis_video import FrameRecord, PatternSpec, VideoAnalyzer, VideoSummary
+from .errors import MediaError
 
 __all__ = ["TrackProbe"]
 
@@ -89,6 +90,7 @@ class TrackProbe:
         self._closed_at: float | None = None
         self._started = False
         self._closed = False
+        self._error: BaseException | None = None  # what killed the analysis thread
 
     @property
     def frames_received(self) -> int:
@@ -151,13 +153,25 @@ class TrackProbe:
                     return
                 frame, arrival = self._queue.popleft()
                 behind = len(self._queue) > _BEHIND
-            with self._lock:
-                if self._video is not None and isinstance(frame, av.VideoFrame):
-                    self._video.add(frame, arrival, quality=not behind)
-                elif self._audio is not None and isinstance(frame, av.AudioFrame):
-                    self._audio.add(frame, arrival)
-                self._analysed += 1
+            try:
+                with self._lock:
+                    if self._video is not None and isinstance(frame, av.VideoFrame):
+                        self._video.add(frame, arrival, quality=not behind)
+                    elif self._audio is not None and isinstance(frame, av.AudioFrame):
+                        self._audio.add(frame, arrival)
+                    self._analysed += 1
+            except Exception as exc:  # kept, and raised to whoever waits or asks for results
+                self._error = exc
+                self._signal()
+                return
             self._signal()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise MediaError(
+                f"{self.kind} probe {self.label!r}: analysis failed: "
+                f"{type(self._error).__name__}: {self._error}"
+            ) from self._error
 
     def _signal(self) -> None:
         loop = self._loop
@@ -176,6 +190,7 @@ class TrackProbe:
         try:
             async with asyncio.timeout(timeout_s):
                 while self._analysed < count:
+                    self._raise_error()
                     finished = self._closed or self._ended
                     if finished and self._analysed >= self._received - self._dropped:
                         why = "closed" if self._closed else "ended"
@@ -211,6 +226,7 @@ class TrackProbe:
         """Video results so far; a freeze still going on (live track) is counted."""
         if self._video is None:
             raise ValueError(f"{self.kind} probe {self.label!r} has no video summary")
+        self._raise_error()
         end = None if self._ended else (self._closed_at or time.time())
         with self._lock:
             return self._video.summary(end_s=end, analysis_dropped=self._dropped)
@@ -219,6 +235,7 @@ class TrackProbe:
         """Audio results so far; ``flashes``: the video probe's records (for latency, A/V)."""
         if self._audio is None:
             raise ValueError(f"{self.kind} probe {self.label!r} has no audio summary")
+        self._raise_error()
         with self._lock:
             return self._audio.summary(flashes=flashes, analysis_dropped=self._dropped)
 

@@ -80,7 +80,8 @@ class ParticipantConfig:
     """How often to pull the roster from the relay, to heal missed joins/leaves (None: never)."""
     video_codecs: tuple[str, ...] = ()
     """Video codecs to use, most wanted first, e.g. ``("H264",)`` (empty: aiortc's order, VP8
-    first). Offers list only these; answers keep only these of what the peer offers."""
+    first). Offers list only these; answers keep only these of what the peer offers (or all of
+    it when it offers none of them). The browser client only puts its choice first."""
     data_channel: bool = True
     """Open the data channel (``send_data``/``data_messages``) on every link."""
 

@@ -226,7 +226,11 @@ class PeerLink:
         return self.channel is not None and self.channel.readyState == "open"
 
     async def send_data(self, data: str | bytes, *, timeout_s: float) -> None:
-        """Send on the data channel once it is open (``TimeoutError`` if it does not open)."""
+        """Send on the data channel once it is open (``TimeoutError`` if it does not open;
+        ``NegotiationError`` at once if this link has none and cannot get one)."""
+        if self.channel is None and (not self._options.data_channel or self._have_remote):
+            why = "disabled" if not self._options.data_channel else "not in the peer's offer"
+            raise NegotiationError(self.remote.peer_id, f"no data channel ({why})")
         async with asyncio.timeout(timeout_s):
             await self._channel_open.wait()
         self.channel.send(data)
@@ -352,11 +356,11 @@ class PeerLink:
                 if not any(t.kind == kind for t in self.pc.getTransceivers()):
                     self.pc.addTransceiver(kind, direction="recvonly")
         self._set_directions()
-        self._in_flight |= self._needs
-        self._needs.clear()
         if not self.pc.getTransceivers() and self.channel is None:
             logger.info("nothing to send or receive with %s", self.remote.peer_id)
             return
+        self._in_flight |= self._needs
+        self._needs.clear()
         self._prefer_codecs()
         mapping = negotiated_mapping(self.pc)
         offer = await self.pc.createOffer()

@@ -314,7 +314,9 @@ class Participant:
         """Send a message on the data channel to one peer (id or name) or, with ``to=None``, to
         every peer whose channel is open. Returns how many peers it was sent to.
 
-        For one peer, waits up to ``timeout_s`` for its channel to open (``WaitTimeout``).
+        For one peer, waits up to ``timeout_s`` for its channel to open (``WaitTimeout``);
+        ``NegotiationError`` at once if that link has no data channel (``data_channel=False``
+        here, or the peer's offer had none).
         """
         if to is None:
             open_links = [link for link in self._links.values() if link.channel_open]

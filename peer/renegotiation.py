@@ -105,7 +105,10 @@ def _renumber_codecs(codecs: list[Any], used: dict[int, tuple[Any, ...]]) -> lis
         key = _codec_key(codec)
         pt = codec.payloadType
         if pt in taken and taken[pt] != key and pt in _DYNAMIC_PT:
-            pt = next(p for p in _DYNAMIC_PT if p not in taken and p not in renamed.values())
+            free = (p for p in _DYNAMIC_PT if p not in taken and p not in renamed.values())
+            pt = next(free, None)
+            if pt is None:
+                raise ValueError("no free payload type left in the BUNDLE group")
         renamed[codec.payloadType] = pt
         codec.payloadType = pt
         taken[pt] = key
@@ -125,7 +128,10 @@ def _renumber_extensions(extensions: list[Any], used: dict[str, int]) -> list[An
         if ext.uri in used:
             ext.id = used[ext.uri]
         elif ext.id in taken:
-            ext.id = next(i for i in _EXT_IDS if i not in taken)
+            free_id = next((i for i in _EXT_IDS if i not in taken), None)
+            if free_id is None:
+                raise ValueError("no free one-byte header extension id left")
+            ext.id = free_id
         taken.add(ext.id)
         out.append(ext)
     return out

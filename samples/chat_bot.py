@@ -15,29 +15,38 @@ import asyncio
 import sys
 
 from media import PatternVideoTrack, ToneAudioTrack
-from peer import Participant, ParticipantConfig
+from peer import CallbotError, Participant, ParticipantConfig
 
 
 async def main(server_url: str, room: str, seconds: float) -> None:
     config = ParticipantConfig(room=room, server_url=server_url, name="chat-bot")
     tone, video = ToneAudioTrack(frequency=523.25), PatternVideoTrack(label="chat-bot")
+    video_on = False
+    deadline: asyncio.Timeout | None = None
     try:
         async with Participant(config, audio=tone) as me:
             print(f"chatting in {room!r} as {me.peer_id}", flush=True)
-            async with asyncio.timeout(seconds):
+            async with asyncio.timeout(seconds) as deadline:
                 async for message in me.data_messages():
                     text = message.data if isinstance(message.data, str) else "(binary)"
                     print(f"{message.peer_name}: {text}", flush=True)
-                    if text == "bye":
-                        await me.send_data("bye!", to=message.peer_id)
-                        break
-                    if text == "video":
+                    if text == "video" and not video_on:
                         await me.add_track(video)
-                        await me.send_data("video on", to=message.peer_id)
+                        video_on = True
+                        reply = "video on"
                     else:
-                        await me.send_data(f"echo: {text}", to=message.peer_id)
+                        reply = {"bye": "bye!", "video": "video is on already"}.get(
+                            text, f"echo: {text}"
+                        )
+                    try:
+                        await me.send_data(reply, to=message.peer_id)
+                    except CallbotError as exc:  # that peer left, or its channel never opened
+                        print(f"could not answer {message.peer_name}: {exc}", flush=True)
+                    if text == "bye":
+                        break
     except TimeoutError:
-        pass
+        if deadline is None or not deadline.expired():
+            raise
     finally:
         tone.stop()
         video.stop()

@@ -243,12 +243,19 @@ class Browser:
         os.close(child_r)
         os.close(child_w)
         reader = asyncio.StreamReader(limit=256 * 1024 * 1024, loop=loop)  # screenshots are big
-        read_transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), os.fdopen(resp_r, "rb", 0)
-        )
-        write_transport, _ = await loop.connect_write_pipe(
-            asyncio.Protocol, os.fdopen(cmd_w, "wb", 0)
-        )
+        resp_file, cmd_file = os.fdopen(resp_r, "rb", 0), os.fdopen(cmd_w, "wb", 0)
+        try:
+            read_transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader, loop=loop), resp_file
+            )
+            write_transport, _ = await loop.connect_write_pipe(asyncio.Protocol, cmd_file)
+        except BaseException:  # Chromium is running: nothing else would stop it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            resp_file.close()
+            cmd_file.close()
+            raise
         browser = cls(proc, reader, read_transport, write_transport, log_path)
         try:
             await browser.send("Browser.getVersion", timeout_s=30.0)
@@ -318,6 +325,8 @@ class Browser:
                     page._on_event(message["method"], message.get("params", {}))
         except asyncio.IncompleteReadError:
             self._dead = "Chromium closed its DevTools pipe (exited?)\n" + self._log_tail()
+        except (ValueError, asyncio.LimitOverrunError) as exc:  # bad JSON, an oversized message
+            self._dead = f"unreadable DevTools message: {type(exc).__name__}: {exc}"
         finally:
             if self._dead is None:
                 self._dead = "the browser was closed"

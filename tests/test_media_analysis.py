@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from media import MediaClock, PatternVideoTrack, ToneAudioTrack
+from media import MediaClock, MediaError, PatternVideoTrack, ToneAudioTrack
 from media._yuv import planes_of
 from media.analysis import (
     AudioAnalyzer,
@@ -484,3 +484,23 @@ async def test_probe_wait_frames_timeout_says_how_many() -> None:
             await probe.wait_frames(1000, timeout_s=0.3)
     video.stop()
     await asyncio.sleep(0)
+
+
+async def test_a_probe_whose_analysis_fails_says_so_instead_of_hanging(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    track = PatternVideoTrack(width=160, height=120)
+    probe = TrackProbe(track, label="cam")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("cannot read this frame")
+
+    monkeypatch.setattr(probe._video, "add", broken)
+    try:
+        with pytest.raises(MediaError, match="'cam': analysis failed: RuntimeError: cannot read"):
+            await probe.wait_frames(5, timeout_s=20)
+        with pytest.raises(MediaError, match="analysis failed"):
+            probe.video_summary()
+    finally:
+        await probe.aclose()
+        track.stop()

@@ -219,6 +219,17 @@ def test_refuses_short_filters_whose_int16_sums_could_overflow() -> None:
         _resample.resize(src, out, ypos, loud.tobytes(), ytaps, xstart, xweights, xpairs)
 
 
+def test_refuses_long_filters_whose_int32_sums_could_overflow() -> None:
+    taps = 300  # a long (14-bit) filter: one output row from 300 input rows
+    src, out = noise(64, taps), np.zeros((1, 24), np.uint8)
+    xstart, xweights, xpairs = _columns(64, 24)
+    ypos = np.zeros(1, np.int32).tobytes()
+    weights = np.full((1, taps), 32767, np.int16)
+    weights[0, 1::2] = -32767  # sums to ~0, but 255 * sum|w| is past int32
+    with pytest.raises(ValueError, match="absolute weights must sum"):
+        _resample.resize(src, out, ypos, weights.tobytes(), taps, xstart, xweights, xpairs)
+
+
 def test_refuses_filters_that_would_read_outside_the_planes() -> None:
     src = noise(64, 48)
     out = np.zeros((18, 24), np.uint8)

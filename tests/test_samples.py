@@ -118,8 +118,13 @@ async def test_chat_bot_sample_echoes_adds_video_and_leaves(relay: RunningServer
                     if track.kind == "video":
                         break
                 assert await track.recv() is not None
+                await me.send_data("video", to="chat-bot")
+                assert (await anext(replies)).data == "video is on already"
                 await me.send_data("bye", to="chat-bot")
                 assert (await anext(replies)).data == "bye!"
+    except BaseException:
+        proc.kill()  # the failure is the news, not the bot's 120 s budget
+        raise
     finally:
         async with asyncio.timeout(30):
             out, err = await proc.communicate()

@@ -77,6 +77,10 @@ function leave() {
   state.roster.clear();
   calls.clear();
   state.peerId = null;
+  // The camera goes off, and a rejoin asks for it again instead of sending these twice.
+  for (const { track } of state.localTracks) track.stop();
+  state.localTracks.length = 0;
+  $("#local video").srcObject = null;
   $("#session").hidden = true;
   $("#join-form").hidden = false;
 }
