@@ -1074,8 +1074,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="run the signaling relay",
-        description="Run the signaling relay (WebSocket at /ws).",
+        help="run the signaling relay and its browser client",
+        description="Run the signaling relay (WebSocket at /ws) and serve the browser client "
+        "at / (join a room with camera and microphone, talk to bots).",
     )
     serve.add_argument(
         "--host",
