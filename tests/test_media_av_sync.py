@@ -112,7 +112,11 @@ def _offsets(path: Path) -> list[float]:
     silence in the file), and a beep that lost its first frame starts late at the source
     already. Such a beep is short, so it is left out; a sync error shifts a whole beep.
     """
-    flashes = _flash_times(path)
+    return _pair_with_beeps(_flash_times(path), path)
+
+
+def _pair_with_beeps(flashes: list[float], path: Path) -> list[float]:
+    """Audio minus video time for each flash and the whole beep within half a period of it."""
     beeps = [onset for onset, length in _beeps(path) if abs(length - BEEP_S) < 0.01]
     offsets = []
     for flash in flashes:
