@@ -477,7 +477,7 @@ TERM_CHILD = textwrap.dedent(
         rec = Recorder(sys.argv[1], video=video, audio=audio, fps=15)
         await rec.start()
         while not stop.is_set():
-            print(json.dumps({"duration": rec.duration_s}), flush=True)
+            print(json.dumps({"frames": rec.video_frames}), flush=True)
             try:
                 await asyncio.wait_for(stop.wait(), 0.1)
             except TimeoutError:
@@ -501,7 +501,8 @@ async def test_sigterm_finalises_the_file(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(90):
-            while json.loads(await proc.stdout.readline())["duration"] < 2.0:
+            # Frames written, not media time: a starved source skips slots (2 s may hold 20).
+            while json.loads(await proc.stdout.readline())["frames"] < 30:
                 pass
             proc.send_signal(signal.SIGTERM)
             lines = (await proc.stdout.read()).splitlines()
