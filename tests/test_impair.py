@@ -360,7 +360,10 @@ async def test_five_percent_loss_keeps_video_fluid(relay: RunningServer) -> None
         )
         assert a_handle.stats.dropped > 0 and b_handle.stats.dropped > 0
         assert 0.02 < a_handle.stats.dropped / a_handle.stats.offered < 0.09
-        assert fps >= 25, f"delivered {fps:.1f} fps, source made {sent / (end - start):.1f}"
+        # 25 of the source's 30 fps; a starved machine whose source made fewer is held to the
+        # same share of what was made (the loss, not the load, is under test).
+        made = sent / (end - start)
+        assert fps >= 25 * min(1.0, made / 30), f"delivered {fps:.1f} fps, source made {made:.1f}"
         assert longest_gap <= 0.5, f"freeze of {longest_gap * 1000:.0f} ms"
 
 
