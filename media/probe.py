@@ -23,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from ._tasks import OwnedTasks
 from .analysis_audio import AudioAnalyzer, AudioSummary
-from .analysis_video import FrameRecord, PatternSpec, VideoAnalyzer, VideoSummary
+from .analysis_video import MAX_RECORDS, FrameRecord, PatternSpec, VideoAnalyzer, VideoSummary
 from .errors import MediaError
 
 __all__ = ["TrackProbe"]
@@ -36,8 +36,10 @@ class TrackProbe:
 
     For video: ``reference`` enables PSNR/SSIM (``quality_every``, ``ssim_every``: see
     :class:`VideoAnalyzer`; by default SSIM runs on every 4th frame to stay well under a core
-    for 16 streams, PSNR on every frame). For audio: ``frequency``, ``beep_every_s`` and
-    ``beep_s`` as in :class:`AudioAnalyzer`.
+    for 16 streams, PSNR on every frame; ``max_records``: per-frame records kept, the latest).
+    For audio: ``frequency``, ``beep_every_s`` and ``beep_s`` as in :class:`AudioAnalyzer`.
+    Memory stays bounded for a track of any length: for video about 2 MB (the latest records,
+    the latency histogram) plus about 130 B per second for the 1-s series and flash records.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class TrackProbe:
         ssim_every: int = 4,
         keep_worst: int = 0,
         queue_size: int = 90,
+        max_records: int = MAX_RECORDS,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -69,6 +72,7 @@ class TrackProbe:
                 quality_every=quality_every,
                 ssim_every=ssim_every,
                 keep_worst=keep_worst,
+                max_records=max_records,
             )
         else:
             self._audio = AudioAnalyzer(
@@ -232,7 +236,8 @@ class TrackProbe:
             return self._video.summary(end_s=end, analysis_dropped=self._dropped)
 
     def audio_summary(self, flashes: Sequence[FrameRecord] = ()) -> AudioSummary:
-        """Audio results so far; ``flashes``: the video probe's records (for latency, A/V)."""
+        """Audio results so far; ``flashes``: the video probe's :attr:`flashes` (for latency and
+        A/V offset; any records will do, only flash frames are used)."""
         if self._audio is None:
             raise ValueError(f"{self.kind} probe {self.label!r} has no audio summary")
         self._raise_error()
@@ -241,11 +246,20 @@ class TrackProbe:
 
     @property
     def records(self) -> list[FrameRecord]:
-        """A copy of the per-frame video records (empty for audio)."""
+        """A copy of the latest ``max_records`` per-frame video records (empty for audio)."""
         if self._video is None:
             return []
         with self._lock:
-            return list(self._video.records)
+            return self._video.records
+
+    @property
+    def flashes(self) -> list[FrameRecord]:
+        """The flash frames of the whole track (first arrival each): what
+        :meth:`audio_summary` of the same sender's audio probe pairs beeps with."""
+        if self._video is None:
+            return []
+        with self._lock:
+            return self._video.flashes
 
     def worst_frames(self) -> list[tuple[FrameRecord, av.VideoFrame]]:
         """The ``keep_worst`` lowest-PSNR frames, worst first (video with a reference)."""

@@ -71,6 +71,7 @@ def test_synthetic_sequence_gives_exact_counts_and_latencies() -> None:
     assert (20, True, False) in flags
     assert (30, False, True) in flags
     assert summary.flashes == 2  # frames 0 and 30 (media time 0 s and 1 s)
+    assert analyzer.flashes == [r for r in analyzer.records if r.flash]
     assert summary.as_dict()["drops"] == 2
 
 
@@ -452,7 +453,8 @@ async def test_probe_on_local_tracks() -> None:
     assert vs.ssim is not None
     assert vs.flashes >= 1
     assert len(vprobe.worst_frames()) == 2
-    summary = aprobe.audio_summary(vprobe.records)
+    assert vprobe.flashes == [r for r in vprobe.records if r.flash and not r.duplicate]
+    summary = aprobe.audio_summary(vprobe.flashes)
     assert summary.present and summary.glitches == 0
     assert len(summary.beeps) >= 1
     assert summary.av_pairs >= 1
