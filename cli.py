@@ -965,15 +965,15 @@ async def _probe(args: argparse.Namespace) -> int:
             peer["video"] = video.as_dict()
             ref = reference(track)
             worst = await asyncio.to_thread(worst_pictures, probe.worst_frames())
+            records = probe.records if args.html else []  # only the report plots them
             streams.append(
                 StreamReport(
-                    label=probe.label, video=video, records=probe.records, reference=ref,
-                    worst=worst,
+                    label=probe.label, video=video, records=records, reference=ref, worst=worst
                 )
-            )  # fmt: skip
+            )
         else:
             video_probe = videos.get(track.peer_id)
-            flashes = video_probe.records if video_probe is not None else ()
+            flashes = video_probe.flashes if video_probe is not None else ()
             audio = await asyncio.to_thread(probe.audio_summary, flashes)
             peer["audio"] = audio.as_dict()
             streams.append(StreamReport(label=probe.label, audio=audio))

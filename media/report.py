@@ -9,6 +9,10 @@ work that belongs in a worker thread (:func:`write_report` runs there). matplotl
 optional extra (``pip install 'callbot[report]'``), imported only when a report is drawn, so
 the core install and the text summaries work without it.
 
+Latency and PSNR are plotted per frame from a stream's records when they cover the whole run,
+else (a run longer than the analyzer's ``max_records``) as 1-s means over the whole run from
+the summary's ``latency_series`` / ``psnr_series``.
+
 Worst-frame thumbnails put the received picture beside the source frame regenerated from its
 stamp (:meth:`PatternSpec.render`): what the codec and the network did to it, at a glance.
 """
@@ -76,6 +80,7 @@ class StreamReport:
     video: VideoSummary | None = None
     audio: AudioSummary | None = None
     records: Sequence[FrameRecord] = ()
+    """The analyzer's (latest) per-frame records: plotted per frame if they are all of them."""
     reference: PatternSpec | None = None
     worst: Sequence[WorstFrame] = field(default=())
     notes: Sequence[str] = ()
@@ -267,18 +272,24 @@ def _series(
         "fps": [], "latency": [], "psnr": [],
     }  # fmt: skip
     for stream in streams:
-        if stream.video is not None and stream.video.fps_series:
-            xs, ys = zip(*stream.video.fps_series, strict=True)
-            out["fps"].append((stream.label, list(xs), list(ys)))
-        if not stream.records:
-            continue
-        t0 = stream.records[0].arrival_s
-        lat = [(r.arrival_s - t0, r.latency_ms) for r in stream.records if r.latency_ms is not None]
-        psnr = [(r.arrival_s - t0, r.psnr_db) for r in stream.records if r.psnr_db is not None]
+        video, records, label = stream.video, stream.records, stream.label
+        if video is not None and video.fps_series:
+            xs, ys = zip(*video.fps_series, strict=True)
+            out["fps"].append((label, list(xs), list(ys)))
+        lat: list[tuple[float, float]] = []
+        psnr: list[tuple[float, float]] = []
+        if records and (video is None or len(records) >= video.frames):  # every frame's record
+            t0 = records[0].arrival_s
+            lat = [(r.arrival_s - t0, r.latency_ms) for r in records if r.latency_ms is not None]
+            psnr = [(r.arrival_s - t0, r.psnr_db) for r in records if r.psnr_db is not None]
+        elif video is not None:  # a long run keeps only its latest records: the 1-s means
+            label = f"{label} (1-s means)".strip()
+            lat = [(t + 0.5, mean) for t, mean, _, _ in video.latency_series]
+            psnr = [(t + 0.5, mean) for t, mean, _ in video.psnr_series]
         for key, points in (("latency", lat), ("psnr", psnr)):
             if points:
                 xs, ys = zip(*points, strict=True)
-                out[key].append((stream.label, list(xs), list(ys)))
+                out[key].append((label, list(xs), list(ys)))
     return out
 
 
@@ -338,7 +349,7 @@ def render_report(
     plots: list[tuple[str, str]] = []
     for key, title_text, ylabel, style in (
         ("fps", "Delivered frames per second (1-s windows)", "fps", "-o"),
-        ("latency", "End-to-end latency per frame", "ms", "-"),
+        ("latency", "End-to-end latency", "ms", "-"),
         ("psnr", "PSNR against the regenerated source", "dB", "-"),
     ):
         name = f"{key}.png"
