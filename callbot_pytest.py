@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,27 @@ def _fail(kind: str, label: str, failures: list[str], measured: str) -> None:
         )
 
 
+def _unstamped(summary: VideoSummary) -> str | None:
+    """Why nothing that needs stamps (drops, latency, PSNR/SSIM) was measured; None if some
+    frame was stamped. Frames without a readable stamp come from a sender that is not a callbot
+    pattern (a browser camera, your own track) or one scaled too small to read."""
+    if summary.frames == 0:
+        return "no frames received"
+    if summary.stamped == 0:
+        return f"0 of {summary.frames} frames stamped"
+    return None
+
+
+def _no_quality(summary: VideoSummary) -> str:
+    """Why PSNR/SSIM are missing from a summary."""
+    unstamped = _unstamped(summary)
+    if unstamped is not None:
+        return unstamped
+    if summary.quality_skipped >= summary.stamped:
+        return f"all {summary.stamped} stamped frames skipped to keep up"
+    return "no reference pattern"
+
+
 def assert_video(
     summary: VideoSummary | TrackProbe,
     *,
@@ -87,8 +109,9 @@ def assert_video(
     thresholds (``None``: not checked).
 
     ``max_latency_ms`` applies to the p95 latency, ``min_psnr_db``/``min_ssim`` to the mean over
-    the measured frames; a threshold on something that was not measured (no stamps, no
-    reference) fails rather than passing silently.
+    the measured frames; a threshold on something that was not measured (no frames, no stamps,
+    no reference) fails rather than passing silently. Drops and latency need stamps; fps and
+    freezes count every frame.
     """
     from media.analysis import TrackProbe
     from media.report import describe_video
@@ -97,37 +120,67 @@ def assert_video(
         label = label or summary.label
         summary = summary.video_summary()
     failures: list[str] = []
+    unstamped = _unstamped(summary)
     if min_frames is not None and summary.frames < min_frames:
         failures.append(f"frames {summary.frames} < min_frames {min_frames}")
     if min_fps is not None and summary.fps < min_fps:
         failures.append(f"fps {summary.fps:.1f} < min_fps {min_fps:g}")
-    if max_freeze_ms is not None and summary.max_freeze_ms > max_freeze_ms:
-        failures.append(
-            f"longest freeze {summary.max_freeze_ms:.0f} ms > max_freeze_ms {max_freeze_ms:g}"
-        )
-    if max_freezes is not None and summary.freezes > max_freezes:
-        failures.append(f"freezes {summary.freezes} > max_freezes {max_freezes}")
-    if max_drops is not None and summary.drops > max_drops:
-        failures.append(f"drops {summary.drops} > max_drops {max_drops}")
+    if max_freeze_ms is not None:
+        if summary.frames == 0:
+            failures.append(
+                f"freezes not measured: no frames received (max_freeze_ms {max_freeze_ms:g})"
+            )
+        elif summary.max_freeze_ms > max_freeze_ms:
+            failures.append(
+                f"longest freeze {summary.max_freeze_ms:.0f} ms > max_freeze_ms {max_freeze_ms:g}"
+            )
+    if max_freezes is not None:
+        if summary.frames == 0:
+            failures.append(f"freezes not measured: no frames received (max_freezes {max_freezes})")
+        elif summary.freezes > max_freezes:
+            failures.append(f"freezes {summary.freezes} > max_freezes {max_freezes}")
+    if max_drops is not None:
+        if unstamped is not None:
+            failures.append(f"drops not measured: {unstamped} (max_drops {max_drops})")
+        elif summary.drops > max_drops:
+            failures.append(f"drops {summary.drops} > max_drops {max_drops}")
     if max_latency_ms is not None:
         p95 = (summary.latency_ms or {}).get("p95")
         if p95 is None:
-            failures.append(f"latency not measured (max_latency_ms {max_latency_ms:g})")
+            why = unstamped or "no capture times"
+            failures.append(f"latency not measured: {why} (max_latency_ms {max_latency_ms:g})")
         elif p95 > max_latency_ms:
             failures.append(f"latency p95 {p95:.1f} ms > max_latency_ms {max_latency_ms:g}")
     if min_psnr_db is not None:
         psnr = (summary.psnr_db or {}).get("mean")
         if psnr is None:
-            failures.append(f"PSNR not measured, no reference (min_psnr_db {min_psnr_db:g})")
+            failures.append(
+                f"PSNR not measured: {_no_quality(summary)} (min_psnr_db {min_psnr_db:g})"
+            )
         elif psnr < min_psnr_db:
             failures.append(f"PSNR mean {psnr:.1f} dB < min_psnr_db {min_psnr_db:g}")
     if min_ssim is not None:
         ssim = (summary.ssim or {}).get("mean")
         if ssim is None:
-            failures.append(f"SSIM not measured, no reference (min_ssim {min_ssim:g})")
+            failures.append(f"SSIM not measured: {_no_quality(summary)} (min_ssim {min_ssim:g})")
         elif ssim < min_ssim:
             failures.append(f"SSIM mean {ssim:.3f} < min_ssim {min_ssim:g}")
     _fail("video", label, failures, describe_video(summary))
+
+
+def _no_sync(summary: AudioSummary) -> str:
+    """Why the A/V offset and audio latency are missing from a summary: no beeps, or beeps with
+    no video flash to pair them with."""
+    if not summary.beeps:
+        return (
+            "no beep detected (the sender needs sync marks: "
+            "callbot_participants(name, sync_every_s=1.0))"
+        )
+    return (
+        f"{len(summary.beeps)} beeps but no video flash paired with them (probe the same "
+        "sender's video too, callbot_probe(receiver, sender), and pass the audio probe or "
+        "callbot_probe.audio_summary(probe))"
+    )
 
 
 def assert_audio(
@@ -142,8 +195,9 @@ def assert_audio(
     """Check an :class:`AudioSummary`: audio present (or, ``present=False``, absent), glitches,
     the A/V offset (absolute, beep vs flash), the p95 latency; ``None``: not checked.
 
-    Given a probe, uses its label and ``probe.audio_summary()`` (no flashes: for A/V offset
-    and latency pass ``callbot_probe.audio_summary(probe)``)."""
+    Given a probe, uses its label and ``probe.audio_summary()``; for a probe from
+    ``callbot_probe`` that includes the flashes of the same sender's video probe (A/V offset,
+    latency)."""
     from media.analysis import TrackProbe
     from media.report import describe_audio
 
@@ -159,7 +213,7 @@ def assert_audio(
         offset = summary.av_offset_ms
         if offset is None:
             failures.append(
-                f"A/V offset not measured, needs flash/beep sync marks "
+                f"A/V offset not measured: {_no_sync(summary)} "
                 f"(max_av_offset_ms {max_av_offset_ms:g})"
             )
         elif abs(offset) > max_av_offset_ms:
@@ -167,7 +221,10 @@ def assert_audio(
     if max_latency_ms is not None:
         p95 = (summary.latency_ms or {}).get("p95")
         if p95 is None:
-            failures.append(f"audio latency not measured (max_latency_ms {max_latency_ms:g})")
+            failures.append(
+                f"audio latency not measured: {_no_sync(summary)} "
+                f"(max_latency_ms {max_latency_ms:g})"
+            )
         elif p95 > max_latency_ms:
             failures.append(f"audio latency p95 {p95:.1f} ms > max_latency_ms {max_latency_ms:g}")
     _fail("audio", label, failures, describe_audio(summary))
@@ -292,6 +349,31 @@ class ParticipantFactory:
 # ----------------------------------------------------------------------------- probes
 
 
+@functools.cache
+def _linked_probe() -> Callable[..., TrackProbe]:
+    """A :class:`TrackProbe` whose ``audio_summary()`` defaults to the flashes of the same
+    sender's video probe, so ``assert_audio(probe, max_av_offset_ms=...)`` measures the
+    offset. Defined on first use: ``media`` is a heavy import (see the module docstring)."""
+    from media.analysis import TrackProbe
+
+    class LinkedProbe(TrackProbe):
+        def __init__(
+            self,
+            track: MediaStreamTrack,
+            *,
+            flashes: Callable[[TrackProbe], Sequence[FrameRecord]],
+            **settings: Any,
+        ) -> None:
+            super().__init__(track, **settings)
+            self._flashes_of = flashes
+
+        def audio_summary(self, flashes: Sequence[FrameRecord] = ()) -> AudioSummary:
+            """As :meth:`TrackProbe.audio_summary`; no ``flashes``: the sibling video's."""
+            return super().audio_summary(flashes or self._flashes_of(self))
+
+    return LinkedProbe
+
+
 @dataclass(slots=True)
 class _Attached:
     probe: TrackProbe
@@ -327,9 +409,9 @@ class ProbeFactory:
         label: str = "",
     ) -> TrackProbe:
         """Start measuring ``track``. For a track from a participant of this test, the
-        sender's pattern (``reference``), tone ``frequency`` and beeps default to what it sends."""
-        from media.analysis import TrackProbe
-
+        sender's pattern (``reference``), tone ``frequency`` and beeps default to what it sends.
+        An audio probe's ``audio_summary()`` uses the flashes of the same sender's video probe
+        (attached before or after it), for the A/V offset and latency."""
         sender_id = getattr(track, "peer_id", None)
         sender = getattr(track, "peer_name", None) or sender_id or ""
         published = self._participants.published(sender_id) if sender_id else None
@@ -338,8 +420,9 @@ class ProbeFactory:
             frequency = frequency or published.frequency
             beep_every_s = beep_every_s or published.beep_every_s
         label = label or f"{sender or 'track'} {track.kind}".strip()
-        probe = TrackProbe(
+        probe = _linked_probe()(
             track,
+            flashes=self.flashes_for,
             reference=reference if track.kind == "video" else None,
             freeze_ms=freeze_ms,
             frequency=frequency if track.kind == "audio" else None,
@@ -441,12 +524,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _relay_url_problem(url: str) -> str | None:
+    """What is wrong with a ``--callbot-relay`` URL, or None. Without a path it names the
+    relay's web page, not its WebSocket endpoint, and every test would fail to connect."""
+    match = re.match(r"^wss?://[^/\s]+(\S*)$", url)
+    if match is None:
+        return f"must look like ws://HOST:PORT/ws, got {url!r}"
+    if match.group(1) in ("", "/"):
+        return (
+            f"needs the relay's WebSocket path: ws://HOST:PORT/ws, got {url!r} "
+            f"(did you mean {url.rstrip('/')}/ws?)"
+        )
+    return None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     url = _external_relay(config)
-    if url is not None and not re.match(r"^wss?://[^/\s]+", url):
-        raise pytest.UsageError(
-            f"--callbot-relay/{RELAY_ENV} must look like ws://HOST:PORT/ws, got {url!r}"
-        )
+    problem = _relay_url_problem(url) if url is not None else None
+    if problem is not None:
+        raise pytest.UsageError(f"--callbot-relay/{RELAY_ENV} {problem}")
     config.stash[_REPORTS] = []
 
 

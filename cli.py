@@ -80,6 +80,7 @@ EXIT_ERROR = 1
 EXIT_SIGNALLED = 128 + signal.SIGTERM
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 LOG_FORMATS = ["text", "json"]
+PATTERN_MIN_SIDE = 64  # PatternVideoTrack's smallest frame
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -89,14 +90,26 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(f"CALLBOT_{name}", default)
 
 
-def _size(text: str) -> tuple[int, int]:
+def _dimensions(text: str, what: str, least: int) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT") from None
-    if w < 16 or h < 16 or w % 2 or h % 2:
-        raise argparse.ArgumentTypeError("canvas sides must be even and at least 16")
+    if w < least or h < least or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(
+            f"{what} sides must be even and at least {least}, got {w}x{h}"
+        )
     return w, h
+
+
+def _size(text: str) -> tuple[int, int]:
+    """A canvas size (record, composite)."""
+    return _dimensions(text, "canvas", 16)
+
+
+def _pattern_size(text: str) -> tuple[int, int]:
+    """A test pattern's size: PatternVideoTrack needs even sides of at least 64."""
+    return _dimensions(text, "pattern", PATTERN_MIN_SIDE)
 
 
 def _non_negative(text: str) -> float:
@@ -778,15 +791,53 @@ class InputError(MediaError):
         self.code = code
 
 
-def _pattern(text: str) -> tuple[int, int, str, int]:
-    """``WxH[,label[,seed]]``: how the recorded PatternVideoTrack was built."""
-    size, _, rest = text.partition(",")
-    label, _, seed = rest.partition(",")
-    w, h = _size(size)
+@dataclass(frozen=True, slots=True)
+class PatternArg:
+    """``--pattern WxH[,LABEL[,SEED[,FPS]]]``; ``fps`` None: the file's nominal frame rate."""
+
+    width: int
+    height: int
+    label: str = ""
+    seed: int = 0
+    fps: float | None = None
+
+
+def _pattern(text: str) -> PatternArg:
+    """How the recorded PatternVideoTrack was built. The FPS is the pattern's own: its motion
+    depends on it, and a recorder may write another rate (``record --split --fps N``)."""
+    parts = text.split(",")
+    if len(parts) > 4:
+        raise argparse.ArgumentTypeError(f"{text!r} has more fields than WxH,LABEL,SEED,FPS")
+    w, h = _pattern_size(parts[0])
+    label = parts[1] if len(parts) > 1 else ""
+    seed_text = parts[2] if len(parts) > 2 else ""
     try:
-        return w, h, label, int(seed) if seed else 0
+        seed = int(seed_text) if seed_text else 0
     except ValueError:
-        raise argparse.ArgumentTypeError(f"seed {seed!r} is not a whole number") from None
+        raise argparse.ArgumentTypeError(f"seed {seed_text!r} is not a whole number") from None
+    fps = None
+    if len(parts) > 3 and parts[3]:
+        try:
+            fps = _fps(parts[3])
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"fps {parts[3]!r}: {exc}") from None
+    return PatternArg(w, h, label, seed, fps)
+
+
+LOW_PSNR_DB = 25.0  # an intact stamped recording of the right pattern is far above this
+RATE_MISMATCH = 0.1  # stamp rate vs the reference's fps, as a share
+
+
+@dataclass(slots=True)
+class FileAnalysis:
+    """What ``analyze`` measured in one file, and what looks wrong about the reference."""
+
+    summary: VideoSummary
+    analyzer: VideoAnalyzer
+    spec: PatternSpec | None
+    stamp_fps: float | None
+    """Frame numbers per second of capture clock: the rate the source actually produced."""
+    warnings: list[str]
 
 
 def _first_stamp(path: Path) -> tuple[float, int] | None:
@@ -801,15 +852,48 @@ def _first_stamp(path: Path) -> tuple[float, int] | None:
     return None
 
 
-def _analyze_file(
-    path: Path, pattern: tuple[int, int, str, int] | None, *, keep_worst: int
-) -> tuple[VideoSummary, VideoAnalyzer, PatternSpec | None]:
+def _nominal_rate(stream: av.video.stream.VideoStream) -> float | None:
+    """The stream's nominal frame rate. Not ``average_rate``: that is frames / duration
+    (2280/91 for 76 frames of a 30-fps MP4), and the pattern's motion needs the exact rate."""
+    for rate in (stream.guessed_rate, stream.base_rate, stream.average_rate):
+        if rate:
+            return float(rate)
+    return None
+
+
+def _reference_warnings(
+    summary: VideoSummary, spec: PatternSpec | None, stamp_fps: float | None
+) -> list[str]:
+    """Every frame stamped (so it is a callbot pattern) yet a PSNR no intact recording of it
+    has: the reference is wrong (fps, size, label or seed), not the recording."""
+    psnr = (summary.psnr_db or {}).get("mean")
+    if spec is None or psnr is None or summary.stamped < summary.frames:
+        return []
+    mismatch = stamp_fps is not None and abs(stamp_fps - spec.fps) > RATE_MISMATCH * spec.fps
+    if psnr >= LOW_PSNR_DB and not (mismatch and psnr < 35.0):
+        return []
+    rate = (
+        f"; the stamps advance at {stamp_fps:.1f} frames/s but the reference assumes "
+        f"{spec.fps:g} fps: give the pattern's fps as --pattern "
+        f"{spec.width}x{spec.height},{spec.label},{spec.seed},FPS"
+        if mismatch and stamp_fps is not None
+        else ""
+    )
+    return [
+        f"every frame is stamped but PSNR is only {psnr:.1f} dB: the --pattern reference "
+        f"(size, label, seed, fps) is probably not the recorded pattern{rate}"
+    ]
+
+
+def _analyze_file(path: Path, pattern: PatternArg | None, *, keep_worst: int) -> FileAnalysis:
     """Decode a recording of a stamped source and analyse every frame (blocking).
 
     A file has no receive clock: a frame's arrival is its pts, anchored so that the first
     stamped frame arrived when it was captured. Latencies are then the delay of each frame
     relative to the first one (what the recording path added or recovered), not absolute.
     """
+    if path.is_dir():
+        raise InputError("not_video", f"{path} is a directory, not a recording")
     if not path.is_file():
         raise InputError("not_found", f"no such file: {path}")
     try:
@@ -817,33 +901,50 @@ def _analyze_file(
             streams = container.streams.video
             if not streams:
                 raise InputError("not_video", f"{path} has no video stream")
-            rate = streams[0].average_rate or streams[0].guessed_rate
+            rate = _nominal_rate(streams[0])
     except (av.FFmpegError, ValueError) as exc:
         raise InputError("not_video", f"{path} is not a readable media file: {exc}") from None
-    fps = float(rate) if rate else 30.0
+    fps = rate or 30.0
     anchor = _first_stamp(path)
     if anchor is None:
         raise InputError(
-            "no_stamps", f"no stamped frame in {path}: not a recording of a callbot test pattern"
+            "no_stamps",
+            f"no stamped frame in {path}: not a recording of one callbot test pattern (a "
+            "composite, as join --record and record -o write, has its stamps inside the tiles: "
+            "analyze the per-track files of record --split DIR)",
         )
     offset = anchor[1] / 1000.0 - anchor[0]
     spec = None
     if pattern is not None:
-        w, h, label, seed = pattern
-        spec = PatternSpec(width=w, height=h, fps=fps, label=label, seed=seed)
+        spec = PatternSpec(
+            width=pattern.width, height=pattern.height, fps=pattern.fps or fps,
+            label=pattern.label, seed=pattern.seed,
+        )  # fmt: skip
     analyzer = VideoAnalyzer(reference=spec, keep_worst=keep_worst)
+    first: tuple[int, int] | None = None  # (frame number, capture ms) of the first stamp
+    last: tuple[int, int] | None = None  # ... and of the highest frame number
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         index = 0
         try:
             for frame in container.decode(stream):
                 time_s = frame.time if frame.time is not None else index / fps
-                analyzer.add(frame, time_s + offset)
+                record = analyzer.add(frame, time_s + offset)
                 index += 1
+                number, capture = record.frame_number, record.capture_ms
+                if number is None or capture is None:
+                    continue
+                first = first or (number, capture)
+                if last is None or number > last[0]:
+                    last = (number, capture)
         except av.FFmpegError as exc:  # a recording cut short: keep what decoded
             logger.warning("stopped decoding %s after %d frames: %s", path, index, exc)
+    stamp_fps = None
+    if first is not None and last is not None and last[1] - first[1] >= 500:
+        stamp_fps = (last[0] - first[0]) * 1000.0 / (last[1] - first[1])
     summary = analyzer.summary()
-    return summary, analyzer, spec
+    warnings = _reference_warnings(summary, spec, stamp_fps)
+    return FileAnalysis(summary, analyzer, spec, stamp_fps, warnings)
 
 
 def _summary_lines(summary: VideoSummary, *, latency: str = "latency") -> list[str]:
@@ -873,15 +974,17 @@ def _summary_lines(summary: VideoSummary, *, latency: str = "latency") -> list[s
 def _analyze(args: argparse.Namespace) -> int:
     """Synchronous: no event loop, so decoding and drawing may block."""
     path = Path(args.file)
-    summary, analyzer, spec = _analyze_file(
-        path, args.pattern, keep_worst=WORST_FRAMES if args.html else 0
-    )
+    result = _analyze_file(path, args.pattern, keep_worst=WORST_FRAMES if args.html else 0)
+    summary, spec = result.summary, result.spec
     report = None
     if args.html:
         stream = StreamReport(
-            label=path.name, video=summary, records=analyzer.records, reference=spec,
-            worst=worst_pictures(analyzer.worst_frames()),
-            notes=("latency is each frame's delay relative to the first stamped frame",),
+            label=path.name, video=summary, records=result.analyzer.records, reference=spec,
+            worst=worst_pictures(result.analyzer.worst_frames()),
+            notes=(
+                "latency is each frame's delay relative to the first stamped frame",
+                *result.warnings,
+            ),
         )  # fmt: skip
         report = render_report(args.html, [stream], title=f"callbot analyze {path.name}")
     if args.json:
@@ -891,7 +994,9 @@ def _analyze(args: argparse.Namespace) -> int:
                     "file": str(path),
                     "video": summary.as_dict(),
                     "reference": dataclasses.asdict(spec) if spec else None,
+                    "stamp_fps": result.stamp_fps,
                     "latency_basis": "first_frame",
+                    "warnings": result.warnings,
                     "report": str(report) if report else None,
                 }
             )
@@ -901,7 +1006,9 @@ def _analyze(args: argparse.Namespace) -> int:
     print("\n".join(_summary_lines(summary, latency="delay")))
     print("(delay: each frame's latency relative to the first stamped frame)")
     if spec is None:
-        print("(no PSNR/SSIM: give --pattern WxH[,label,seed] of the recorded test pattern)")
+        print("(no PSNR/SSIM: give --pattern WxH[,LABEL[,SEED[,FPS]]] of the recorded pattern)")
+    for warning in result.warnings:
+        print(f"warning   {warning}")
     if report is not None:
         print(f"report    {report}")
     return 0
@@ -1270,7 +1377,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = sub.add_parser(
         "analyze", help="measure a recording of a stamped test pattern",
         description="Decode FILE (a recording of one callbot test pattern, e.g. a Recorder of "
-        "a PatternVideoTrack) and print frames, drops, duplicates, reordering, freezes, fps, "
+        "a PatternVideoTrack or a per-track file of record --split DIR; not a composite) and "
+        "print frames, drops, duplicates, reordering, freezes, fps, "
         "the delay of each frame relative to the first (a file has no receive clock: a frame's "
         "arrival is its timestamp) and, with --pattern, PSNR/SSIM against the regenerated "
         "source. Exits 1 with not_found, not_video or no_stamps on bad input.",
@@ -1279,9 +1387,10 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="print one JSON object")
     _add_html_flag(analyze)
     analyze.add_argument(
-        "--pattern", type=_pattern, metavar="WxH[,LABEL[,SEED]]",
+        "--pattern", type=_pattern, metavar="WxH[,LABEL[,SEED[,FPS]]]",
         help="how the recorded pattern was built (PatternVideoTrack width, height, label, "
-        "seed), to compute PSNR/SSIM; callbot join uses 640x480, its name, and a seed from it",
+        "seed, fps), to compute PSNR/SSIM; FPS defaults to the file's nominal rate, which is "
+        "the recorder's; callbot join sends 640x480 at 30 fps, its name, and a seed from it",
     )  # fmt: skip
     analyze.set_defaults(func=_analyze)
 
@@ -1307,7 +1416,7 @@ def build_parser() -> argparse.ArgumentParser:
         "440 Hz tone, so PSNR/SSIM are computed (default); none: no reference",
     )  # fmt: skip
     probe.add_argument(
-        "--pattern-size", type=_size, default=(640, 480), metavar="WxH",
+        "--pattern-size", type=_pattern_size, default=(640, 480), metavar="WxH",
         help="size of the peers' pattern for --reference names (default 640x480)",
     )  # fmt: skip
     probe.add_argument(

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -39,14 +40,28 @@ async def run(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
-async def record_pattern(path: Path, frames: int) -> None:
-    """What a Recorder writes from one PatternVideoTrack, ``frames`` frames long."""
-    pattern = PatternVideoTrack(width=320, height=240, label="rec", seed=3)
-    recorder = Recorder(path, video=pattern, fps=30)
+async def record_pattern(
+    path: Path,
+    frames: int,
+    *,
+    fps: float = 30.0,
+    recorder_fps: float = 30.0,
+    stall_after: int | None = None,
+) -> None:
+    """What a Recorder writes from one PatternVideoTrack, ``frames`` frames long.
+
+    ``stall_after``: after that many frames, block the loop for 0.3 s, as a loaded machine
+    does; the pattern then skips the slots it missed (a gap in pts, frame numbers go on).
+    """
+    pattern = PatternVideoTrack(width=320, height=240, fps=fps, label="rec", seed=3)
+    recorder = Recorder(path, video=pattern, fps=recorder_fps)
     await recorder.start()
     try:
         async with asyncio.timeout(20):
             while recorder.video_frames < frames:
+                if stall_after is not None and recorder.video_frames >= stall_after:
+                    time.sleep(0.3)  # noqa: ASYNC251 - deliberate: starve the pattern's pacer
+                    stall_after = None
                 await asyncio.sleep(0.05)
     finally:
         await recorder.aclose()
@@ -90,9 +105,53 @@ async def test_analyze_a_recording(tmp_path: Path) -> None:
     assert "fps" in out and "freezes" in out and "give --pattern" in out
 
 
+async def test_analyze_regenerates_the_pattern_at_its_own_rate(tmp_path: Path) -> None:
+    """The pattern's motion depends on its fps. An MP4's average rate is frames / duration,
+    not 30 for a 30-fps recording with a stall in it, and a recorder may write another rate
+    than the pattern's: the reference must use the nominal rate, or the fps of --pattern."""
+    mp4, mkv = tmp_path / "p30.mp4", tmp_path / "p15.mkv"
+    await record_pattern(mp4, 45, stall_after=15)
+    with av.open(str(mp4)) as container:
+        stream = container.streams.video[0]
+        assert stream.guessed_rate == 30 and stream.average_rate < 29, stream.average_rate
+    await record_pattern(mkv, 25, fps=15, recorder_fps=30)  # the file says 30 fps
+    results = {}
+    for path, pattern in ((mp4, "320x240,rec,3"), (mkv, "320x240,rec,3,15")):
+        code, out, err = await run(*CALLBOT, "analyze", str(path), "--json", "--pattern", pattern)
+        assert code == 0, err
+        results[path.suffix] = result = json.loads(out)
+        assert result["video"]["stamped"] == result["video"]["frames"] >= 20, result
+        assert result["video"]["psnr_db"]["mean"] > 35, (path.name, result)
+        assert result["warnings"] == [], result
+    assert results[".mp4"]["reference"]["fps"] == 30
+    assert results[".mkv"]["reference"]["fps"] == 15
+
+    # Without the pattern's fps the reference is wrong, and the summary says so.
+    code, out, err = await run(*CALLBOT, "analyze", str(mkv), "--pattern", "320x240,rec,3")
+    assert code == 0, err
+    assert re.search(r"PSNR\s+mean (\d+\.\d) dB", out), out
+    assert "warning   every frame is stamped but PSNR is only" in out, out
+    assert "the reference assumes 30 fps" in out and "--pattern 320x240,rec,3,FPS" in out, out
+
+
 async def test_analyze_refuses_bad_input(tmp_path: Path) -> None:
     code, _, err = await run(*CALLBOT, "analyze", str(tmp_path / "missing.mkv"))
     assert code == 1 and "not_found" in err
+    code, _, err = await run(*CALLBOT, "analyze", str(tmp_path))
+    assert code == 1 and err.strip().endswith(
+        f"not_video: {tmp_path} is a directory, not a recording"
+    ), err
+
+    # A pattern smaller than PatternVideoTrack draws, or an odd one: a usage error, not a
+    # traceback; the same for probe's --pattern-size.
+    for pattern, size in (("32x24", "32x24"), ("321x240,rec,3", "321x240")):
+        code, _, err = await run(*CALLBOT, "analyze", "x.mkv", "--pattern", pattern)
+        assert code == 2 and "Traceback" not in err, err
+        assert f"--pattern: pattern sides must be even and at least 64, got {size}" in err, err
+    code, _, err = await run(*CALLBOT, "analyze", "x.mkv", "--pattern", "320x240,rec,3,0")
+    assert code == 2 and "--pattern: fps '0': must be a finite number" in err, err
+    code, _, err = await run(*CALLBOT, "probe", "room", "--pattern-size", "48x48")
+    assert code == 2 and "--pattern-size: pattern sides must be even and at least 64" in err, err
 
     text = tmp_path / "notes.mkv"
     text.write_text("not a video")
@@ -112,9 +171,20 @@ async def test_analyze_refuses_bad_input(tmp_path: Path) -> None:
     code, _, err = await run(*CALLBOT, "analyze", str(plain))
     assert code == 1 and "no_stamps" in err, err
 
-    # --html without matplotlib names the extra to install.
+    # A composite of a stamped pattern (what join --record and record -o write): the stamps
+    # are inside a tile, and the error says which files to analyze instead.
     pattern = tmp_path / "pattern.mkv"
     await record_pattern(pattern, 10)
+    grid = tmp_path / "grid.mkv"
+    code, _, err = await run(
+        *CALLBOT, "composite", str(pattern), "-o", str(grid), "--size", "640x360"
+    )
+    assert code == 0, err
+    code, _, err = await run(*CALLBOT, "analyze", str(grid), "--pattern", "320x240,rec,3")
+    assert code == 1 and "no_stamps" in err and "composite" in err, err
+    assert "record --split DIR" in err, err
+
+    # --html without matplotlib names the extra to install.
     script = (
         "import sys; sys.modules['matplotlib'] = None; import cli; "
         f"sys.exit(cli.main(['analyze', {str(pattern)!r}, '--html', {str(tmp_path / 'r')!r}]))"

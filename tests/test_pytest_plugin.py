@@ -14,12 +14,13 @@ import re
 from pathlib import Path
 
 import aiohttp
+import av
 import cv2
 import numpy as np
 import pytest
 
 from callbot_pytest import MediaAssertionError, assert_audio, assert_video
-from media.analysis import AudioSummary, VideoSummary
+from media.analysis import AudioSummary, PatternSpec, VideoAnalyzer, VideoSummary
 from signaling_server import ServerSettings, start_server
 
 pytest_plugins = ["pytester"]
@@ -69,6 +70,32 @@ def test_assert_video_names_the_failed_thresholds_and_every_number() -> None:
         assert_video(video_summary(psnr_db=None), min_psnr_db=30)
 
 
+def test_assert_video_fails_what_unstamped_video_cannot_measure() -> None:
+    """Video that carries no callbot stamp (a browser camera, a team's own track) has frames,
+    fps and freezes, but no drops, latency or PSNR: thresholds on those fail, never pass."""
+    analyzer = VideoAnalyzer(reference=PatternSpec(width=320, height=240))
+    gray = np.full((240 * 3 // 2, 320), 128, dtype=np.uint8)
+    for i in range(20):  # one frame every 3 periods: two in three lost, none detectable
+        analyzer.add(av.VideoFrame.from_ndarray(gray, format="yuv420p"), 100.0 + i * 0.1)
+    summary = analyzer.summary()
+    assert summary.frames == 20 and summary.stamped == 0 and summary.drops == 0
+    assert_video(summary, min_fps=8, max_freeze_ms=150, max_freezes=0, min_frames=20)
+    for thresholds, expected in (
+        ({"max_drops": 0}, "drops not measured: 0 of 20 frames stamped (max_drops 0)"),
+        ({"max_latency_ms": 300}, "latency not measured: 0 of 20 frames stamped"),
+        ({"min_psnr_db": 30}, "PSNR not measured: 0 of 20 frames stamped (min_psnr_db 30)"),
+        ({"min_ssim": 0.9}, "SSIM not measured: 0 of 20 frames stamped"),
+    ):
+        with pytest.raises(MediaAssertionError) as failure:
+            assert_video(summary, **thresholds)
+        assert expected in str(failure.value), failure.value
+        assert "no reference" not in str(failure.value)
+    with pytest.raises(MediaAssertionError, match="freezes not measured: no frames received"):
+        assert_video(VideoAnalyzer().summary(), max_freeze_ms=500)
+    with pytest.raises(MediaAssertionError, match="PSNR not measured: no reference pattern"):
+        assert_video(video_summary(psnr_db=None), min_psnr_db=30)
+
+
 def test_assert_audio() -> None:
     summary = AudioSummary(
         duration_s=3.0, present=True, rms_dbfs=-15.0, silences=[(1.0, 0.2)], glitches=2,
@@ -79,6 +106,10 @@ def test_assert_audio() -> None:
         assert_audio(summary, max_glitches=0, max_av_offset_ms=80)
     message = str(failure.value)
     assert "glitches 2 > max_glitches 0" in message and "A/V offset not measured" in message
+    assert "the sender needs sync marks: callbot_participants(name, sync_every_s=1.0)" in message
+    with pytest.raises(MediaAssertionError) as failure:
+        assert_audio(dataclasses.replace(summary, beeps=[1.0, 2.0]), max_latency_ms=300)
+    assert "audio latency not measured: 2 beeps but no video flash paired" in str(failure.value)
     assert "level -15.0 dBFS" in message and "longest 200 ms" in message
     with pytest.raises(MediaAssertionError, match="no audio received"):
         assert_audio(dataclasses.replace(summary, present=False))
@@ -157,3 +188,59 @@ async def test_the_fixtures_use_a_relay_elsewhere(
     bad = await asyncio.to_thread(pytester.runpytest_subprocess, "-p", "no:cacheprovider")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*CALLBOT_RELAY_URL must look like ws://HOST:PORT/ws*"])
+
+
+AV_SYNC_TESTS = """
+import asyncio
+
+import pytest
+
+from callbot_pytest import MediaAssertionError, assert_audio
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_the_audio_probe_finds_the_flashes(callbot_participants, callbot_probe):
+    await callbot_participants("alice", sync_every_s=1.0)
+    bob = await callbot_participants("bob", video=None, audio=None)
+    audio = await callbot_probe(bob, "alice", "audio")  # before the video probe: order is free
+    await callbot_probe(bob, "alice")
+    async with asyncio.timeout(60):
+        while audio.audio_summary().av_pairs < 2:
+            await audio.wait_frames(audio.frames_received + 25)
+    # The bare probe, as the README passes it: the A/V offset and latency are measured.
+    assert_audio(audio, max_av_offset_ms=500, max_latency_ms=5000)
+    summary = callbot_probe.audio_summary(audio)
+    assert summary.av_offset_ms is not None and summary.latency_ms is not None
+
+
+async def test_without_the_video_probe_the_message_says_so(callbot_participants, callbot_probe):
+    await callbot_participants("alice", sync_every_s=1.0)
+    bob = await callbot_participants("bob", video=None, audio=None)
+    audio = await callbot_probe(bob, "alice", "audio")
+    async with asyncio.timeout(60):
+        while len(audio.audio_summary().beeps) < 2:
+            await audio.wait_frames(audio.frames_received + 25)
+    with pytest.raises(MediaAssertionError, match="beeps but no video flash paired"):
+        assert_audio(audio, max_av_offset_ms=500)
+"""
+
+
+def test_assert_audio_on_a_probe_measures_the_av_offset(pytester: pytest.Pytester) -> None:
+    (pytester.path / "pyproject.toml").write_text(example("pyproject.toml"), encoding="utf-8")
+    pytester.makepyfile(test_av_sync=AV_SYNC_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
+def test_a_relay_url_without_the_ws_path_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    """The relay answers ws://HOST:PORT with its web page: refused at start-up, not by every
+    test failing to connect."""
+    project(pytester, "test_my_call.py")
+    for url in ("ws://127.0.0.1:9", "ws://127.0.0.1:9/"):
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--callbot-relay", url)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(
+            ["*--callbot-relay/CALLBOT_RELAY_URL needs the relay's WebSocket path*"
+             "(did you mean ws://127.0.0.1:9/ws?)*"]
+        )  # fmt: skip
