@@ -461,11 +461,12 @@ class ProbeFactory:
             ) from None
 
     def flashes_for(self, probe: TrackProbe) -> list[FrameRecord]:
-        """The video records of the same sender as ``probe`` (an audio probe): its sync marks."""
+        """The flash records of the same sender's video as ``probe`` (an audio probe): its sync
+        marks, for the whole track (``records`` keeps only the latest few minutes)."""
         sender = next((a.sender for a in self._attached if a.probe is probe), None)
         for attached in self._attached:
             if attached.sender == sender and attached.probe.kind == "video":
-                return attached.probe.records
+                return attached.probe.flashes
         return []
 
     def audio_summary(self, probe: TrackProbe) -> AudioSummary:
