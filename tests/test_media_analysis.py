@@ -13,6 +13,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 import pytest
+from aiortc import MediaStreamTrack
 
 from media import MediaClock, MediaError, PatternVideoTrack, ToneAudioTrack
 from media._yuv import planes_of
@@ -433,10 +434,30 @@ def test_audio_latency_and_av_offset_from_flash_records() -> None:
 # --- TrackProbe ------------------------------------------------------------------------------
 
 
+class _GapCounter(MediaStreamTrack):
+    """Passes a paced source through, counting the pts gaps it left (slots a starved loop
+    skipped): each may cut a beep, which the analyzer rightly calls a glitch."""
+
+    def __init__(self, inner: ToneAudioTrack) -> None:
+        super().__init__()
+        self.kind = inner.kind
+        self._inner = inner
+        self._next_pts: int | None = None
+        self.gaps = 0
+
+    async def recv(self) -> av.AudioFrame:
+        frame = await self._inner.recv()
+        assert frame.pts is not None
+        self.gaps += self._next_pts is not None and frame.pts != self._next_pts
+        self._next_pts = frame.pts + frame.samples
+        return frame
+
+
 async def test_probe_on_local_tracks() -> None:
     clock = MediaClock()
     video = PatternVideoTrack(label="probe", seed=2, flash_every_s=1.0, clock=clock)
-    audio = ToneAudioTrack(beep_every_s=1.0, clock=clock)
+    tone = ToneAudioTrack(beep_every_s=1.0, clock=clock)
+    audio = _GapCounter(tone)
     async with (
         TrackProbe(video, reference=PatternSpec.of(video), label="v", keep_worst=2) as vprobe,
         TrackProbe(audio, beep_every_s=1.0, label="a") as aprobe,
@@ -455,7 +476,7 @@ async def test_probe_on_local_tracks() -> None:
     assert len(vprobe.worst_frames()) == 2
     assert vprobe.flashes == [r for r in vprobe.records if r.flash and not r.duplicate]
     summary = aprobe.audio_summary(vprobe.flashes)
-    assert summary.present and summary.glitches == 0
+    assert summary.present and summary.glitches <= audio.gaps, (summary.glitch_at, audio.gaps)
     assert len(summary.beeps) >= 1
     assert summary.av_pairs >= 1
     assert summary.latency_ms is not None and summary.latency_ms["min"] > -5.0
@@ -463,7 +484,7 @@ async def test_probe_on_local_tracks() -> None:
         vprobe.audio_summary()
     assert not [t for t in threading.enumerate() if t.name.startswith("probe-")]
     video.stop()
-    audio.stop()
+    tone.stop()
 
 
 async def test_probe_wait_frames_fails_fast_when_the_track_ends() -> None:
