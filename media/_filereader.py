@@ -49,7 +49,8 @@ AUDIO_RATE = 48000
 AUDIO_SAMPLES = 960  # 20 ms, as ToneAudioTrack and aiortc's Opus encoder
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
 LEAD_S = 0.2  # the thread decodes at most this far ahead of the wall clock
-STARVED_S = 0.5  # a frame this late moves the timeline on: a pause, never a catch-up burst
+STARVED_S = 0.5  # decoding this late moves the timeline on: a pause, never a catch-up burst
+STALE_S = 0.25  # a consumer this late skips frames (if a newer one is due): a gap, no burst
 VIDEO_CAPACITY = 30  # frames a track holds for a consumer that does not read (oldest dropped)
 AUDIO_CAPACITY = 50
 MAX_BAD_PACKETS = 8  # consecutive undecodable packets: the file has become unreadable
@@ -198,22 +199,28 @@ def probe(path: Path) -> FileLayout:
 class FileTrack(MediaStreamTrack):
     """One kind of a file's media, fed by the decode thread; ``recv`` returns each frame at its
     due time. The end of the file (``loop=False``) or a decode failure ends the track:
-    ``recv`` then raises ``MediaStreamError``, as for any ended track."""
+    ``recv`` then raises ``MediaStreamError``, as for any ended track.
+
+    The thread puts frames straight into a locked queue of at most ``capacity`` and only
+    posts wake-ups to the event loop, so even a stalled loop holds no more frames than that.
+    """
 
     def __init__(self, kind: str, reader: FileReader, capacity: int) -> None:
         super().__init__()
         self.kind = kind
         self._reader = reader
         self._capacity = capacity
+        self._lock = threading.Lock()  # guards _queue, _dropped and _stopped
         self._queue: collections.deque[tuple[Frame, float]] = collections.deque()
+        self._dropped = 0
+        self._stopped = False
         self._ready = asyncio.Event()
         self._finished = False
-        self._stopped = False
-        self._dropped = 0
 
     @property
     def dropped(self) -> int:
-        """Frames thrown away because the consumer fell ``capacity`` frames behind."""
+        """Frames thrown away because the consumer fell behind (the queue was full, or they
+        were overdue by more than ``STALE_S``)."""
         return self._dropped
 
     @property
@@ -226,16 +233,33 @@ class FileTrack(MediaStreamTrack):
         """``stop()`` was called (read by the decode thread: it then skips this kind)."""
         return self._stopped
 
-    def _push(self, frame: Frame, due: float) -> None:  # on the event loop
-        if self._stopped:
-            return
-        self._queue.append((frame, due))
-        if len(self._queue) > self._capacity:
-            self._queue.popleft()
-            self._dropped += 1
+    def put(self, frame: Frame, due: float) -> bool:
+        """From the decode thread: queue a frame (dropping the oldest when full); whether the
+        track still takes frames."""
+        with self._lock:
+            if self._stopped:
+                return False
+            self._queue.append((frame, due))
+            if len(self._queue) > self._capacity:
+                self._queue.popleft()
+                self._dropped += 1
+            return True
+
+    def _take(self) -> tuple[Frame, float] | None:
+        """The next frame; after a stalled consumer, frames more than ``STALE_S`` overdue are
+        skipped while a newer one is due too: a stall costs a gap, never a catch-up burst."""
+        with self._lock:
+            queue = self._queue
+            now = time.monotonic()
+            while len(queue) > 1 and now - queue[0][1] > STALE_S and queue[1][1] <= now:
+                queue.popleft()
+                self._dropped += 1
+            return queue.popleft() if queue else None
+
+    def _wake(self) -> None:  # on the event loop
         self._ready.set()
 
-    def _finish(self) -> None:  # on the event loop: nothing more will come
+    def _finish(self) -> None:  # on the event loop, after the last put: nothing more will come
         self._finished = True
         self._ready.set()
 
@@ -243,15 +267,18 @@ class FileTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         self._reader.start(asyncio.get_running_loop())
-        while not self._queue:
+        while True:
+            self._ready.clear()
+            item = self._take()
+            if item is not None:
+                break
             if self._finished:
                 self.stop()
                 raise MediaStreamError
-            self._ready.clear()
             await self._ready.wait()
             if self.readyState != "live":
                 raise MediaStreamError
-        frame, due = self._queue.popleft()
+        frame, due = item
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -261,8 +288,9 @@ class FileTrack(MediaStreamTrack):
 
     def stop(self) -> None:
         super().stop()
-        self._stopped = True
-        self._queue.clear()
+        with self._lock:
+            self._stopped = True
+            self._queue.clear()
         self._ready.set()
         self._reader.track_stopped()
 
@@ -454,14 +482,15 @@ class FileReader:
             raise _Stopped
         if self._stop.is_set():
             raise _Stopped
-        self._post(track._push, frame, due)
+        if track.put(frame, due):
+            self._post(track._wake)
 
-    def _post(self, callback: Callable[..., None], *args: object) -> None:
+    def _post(self, callback: Callable[[], None]) -> None:
         event_loop = self._event_loop
         if event_loop is None:
             return
         try:
-            event_loop.call_soon_threadsafe(callback, *args)
+            event_loop.call_soon_threadsafe(callback)
         except RuntimeError:  # the loop is closed: nobody is left to read
             self._stop.set()
             raise _Stopped from None
