@@ -319,8 +319,9 @@ class FileSource:
     tracks end after one pass (``recv`` raises ``MediaStreamError``, logged at INFO). A file
     that cannot be decoded any more ends both tracks with one logged error. Decoding runs at
     most 0.2 s ahead of playback and each track keeps a bounded number of frames (the oldest
-    dropped), so a consumer that stops reading never grows memory. Stopping both tracks stops
-    the decode thread; ``aclose`` also waits for it. See :mod:`media._filereader`.
+    dropped), so a consumer that stops reading never grows memory; one that comes back late
+    skips stale frames rather than bursting them. Stopping both tracks stops the decode
+    thread; ``aclose`` also waits for it. See :mod:`media._filereader`.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, loop: bool = True) -> None:
