@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import fractions
-import logging
 import math
 import os
 import time
@@ -19,18 +18,16 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 from aiortc import MediaStreamTrack
-from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamError
 
 from . import _yuv
+from ._filereader import FileReader, probe
 from ._pacing import Pacer
 from .clock import MediaClock
-from .errors import SourceError
 from .timecode import BAND, Stamp, stamp_luma
 
 __all__ = ["FileSource", "PatternVideoTrack", "ToneAudioTrack"]
 
-logger = logging.getLogger(__name__)
 
 VIDEO_CLOCK_RATE = 90000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
@@ -307,39 +304,35 @@ class ToneAudioTrack(MediaStreamTrack):
 
 
 class FileSource:
-    """A media file as live tracks, decoded by aiortc's ``MediaPlayer`` in its own thread.
+    """A media file as live tracks: decoded in a thread of its own, played at its own pace.
 
-    The file is probed at construction so a missing or unreadable file fails here with
-    :class:`SourceError`, not later inside a peer connection. Construction is blocking file
-    I/O; from async code prefer ``await FileSource.open(path)``, which runs it in a thread.
-    Looping is used only when the container knows its duration (MediaPlayer cannot seek
-    otherwise).
+    The file is probed at construction (opened, and decoded up to the first frame of each
+    stream), so a missing, unreadable or non-media file fails here with :class:`SourceError`,
+    not later inside a peer connection. Construction is blocking file I/O; from async code
+    prefer ``await FileSource.open(path)``, which runs it in a thread.
 
-    Known limit: MediaPlayer's internal queues are unbounded; it reads at most ~1 s ahead of
-    wall-clock time, so a consumer that stops reading lets them grow.
+    ``.video`` and ``.audio`` (``None`` when the file has no such stream) deliver decoded
+    frames at the file's own timestamps, paced by the wall clock from the first ``recv``;
+    audio is s16 at 48 kHz (mono or stereo) in 20 ms frames, as from ``ToneAudioTrack``. With
+    ``loop`` (the default) the file starts again at its end, and every pass continues the
+    timeline: pts only increase and audio stays in step with video. With ``loop=False`` the
+    tracks end after one pass (``recv`` raises ``MediaStreamError``, logged at INFO). A file
+    that cannot be decoded any more ends both tracks with one logged error. Decoding runs at
+    most 0.2 s ahead of playback and each track keeps a bounded number of frames (the oldest
+    dropped), so a consumer that stops reading never grows memory; one that comes back late
+    skips stale frames rather than bursting them. Stopping both tracks stops the decode
+    thread; ``aclose`` also waits for it. See :mod:`media._filereader`.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, loop: bool = True) -> None:
         self._path = Path(path)
-        if not self._path.is_file():
-            raise SourceError(f"media file not found: {self._path}")
-        try:
-            with av.open(str(self._path)) as probe:
-                seekable = probe.duration is not None
-                has_media = any(s.type in ("audio", "video") for s in probe.streams)
-            if not has_media:
-                raise SourceError(f"no audio or video stream in {self._path}")
-            self._player: MediaPlayer | None = MediaPlayer(str(self._path), loop=loop and seekable)
-        except (av.FFmpegError, OSError, ValueError) as exc:
-            raise SourceError(f"cannot open media file {self._path}: {exc}") from exc
-        if loop and not seekable:
-            logger.warning("%s has no known duration; playing it once", self._path)
-        self._video = self._player.video
-        self._audio = self._player.audio
+        self._reader: FileReader | None = FileReader(probe(self._path), loop=loop)
+        self._video = self._reader.video
+        self._audio = self._reader.audio
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], *, loop: bool = True) -> FileSource:
-        """Construct in a worker thread: probing and opening a file is blocking I/O."""
+        """Construct in a worker thread: probing a file is blocking I/O."""
         return await asyncio.to_thread(cls, path, loop=loop)
 
     @property
@@ -361,13 +354,7 @@ class FileSource:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop both tracks; the player joins its decode thread and closes the file.
-
-        MediaPlayer has no async stop, so this blocks the loop for at most about 0.1 s.
-        """
-        if self._player is None:
-            return
-        self._player = None
-        for track in (self._video, self._audio):
-            if track is not None:
-                track.stop()
+        """Stop both tracks, then wait (off the loop) for the decode thread to close the file."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.aclose()

@@ -1,19 +1,17 @@
-"""Synthetic sources (pattern video, tone audio) and the file source."""
+"""Synthetic sources (pattern video, tone audio); the file source is in test_media_file_source."""
 
 from __future__ import annotations
 
 import asyncio
 import fractions
-import threading
 import time
-from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from media import FileSource, PatternVideoTrack, SourceError, ToneAudioTrack, read_stamp
+from media import PatternVideoTrack, ToneAudioTrack, read_stamp
 from media.clock import MediaClock
 
 from .test_media_pacing import assert_paced
@@ -219,83 +217,3 @@ async def test_tone_pts_count_samples_on_a_shared_clock() -> None:
         assert frame.pts is not None and frame.pts % 960 == 0
         assert asked - 0.02 - 1e-3 <= frame.pts / 48000 <= clock.now() + 1e-3
     track.stop()
-
-
-# -- FileSource ----------------------------------------------------------------------------------
-
-
-def _write_sample(path: Path, frames: int, fps: int = 15) -> None:
-    """A small H.264 + AAC file whose frames carry stamps 0..frames-1."""
-    pattern = PatternVideoTrack(width=320, height=240, fps=fps)
-    tone = ToneAudioTrack(frequency=440)
-    with av.open(str(path), mode="w") as container:
-        video = container.add_stream("libx264", rate=fps)
-        video.codec_context.width, video.codec_context.height = 320, 240
-        video.codec_context.pix_fmt = "yuv420p"
-        video.codec_context.options = {"preset": "ultrafast"}
-        audio = container.add_stream("aac", rate=48000)
-        for n in range(frames):
-            frame = pattern.render(n, 1_000_000 + n)
-            frame.pts = n
-            frame.time_base = fractions.Fraction(1, fps)
-            container.mux(video.encode(frame))
-        for n in range(frames * 48000 // fps // 960):
-            container.mux(audio.encode(tone.render(n * 960)))
-        container.mux(video.encode(None))
-        container.mux(audio.encode(None))
-
-
-async def test_file_source_plays_once(tmp_path: Path) -> None:
-    path = tmp_path / "clip.mp4"
-    await asyncio.to_thread(_write_sample, path, 8)
-    async with await FileSource.open(path, loop=False) as source:
-        assert source.video is not None and source.audio is not None
-        assert source.video.kind == "video" and source.audio.kind == "audio"
-        numbers = []
-        for _ in range(8):
-            frame = await source.video.recv()
-            assert isinstance(frame, av.VideoFrame)
-            stamp = read_stamp(frame)
-            assert stamp is not None
-            numbers.append(stamp.frame_number)
-        assert numbers == list(range(8))
-        with pytest.raises(MediaStreamError):
-            await source.video.recv()  # played once: the end is an error, as for any track
-    assert not [t for t in threading.enumerate() if t.name == "media-player"]
-    assert _no_other_tasks()
-
-
-async def test_file_source_loops(tmp_path: Path) -> None:
-    path = tmp_path / "clip.mkv"
-    await asyncio.to_thread(_write_sample, path, 6)
-    source = FileSource(path)  # loop=True by default
-    try:
-        assert source.video is not None
-        numbers = []
-        for _ in range(14):
-            stamp = read_stamp(await source.video.recv())  # type: ignore[arg-type]
-            assert stamp is not None
-            numbers.append(stamp.frame_number)
-        assert numbers[:6] == list(range(6))
-        assert numbers[6:12] == list(range(6))  # wrapped around
-    finally:
-        await source.aclose()
-        await source.aclose()  # idempotent
-    assert source.video.readyState == "ended"
-    assert not [t for t in threading.enumerate() if t.name == "media-player"]
-
-
-async def test_file_source_open_reports_errors_too(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="not found"):
-        await FileSource.open(tmp_path / "missing.webm")
-
-
-def test_file_source_errors(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="not found"):
-        FileSource(tmp_path / "missing.mp4")
-    garbage = tmp_path / "garbage.mp4"
-    garbage.write_bytes(b"\x00\x01not a media file" * 100)
-    with pytest.raises(SourceError, match="cannot open"):
-        FileSource(garbage)
-    with pytest.raises(SourceError, match="not found"):
-        FileSource(tmp_path)  # a directory is not a media file
