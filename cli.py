@@ -643,8 +643,11 @@ async def _relay_back(me: Participant, since: float) -> None:
     """Wait (up to RELAY_BACK_S) until ``me`` has reconnected to the relay after ``since``
     (``time.monotonic()``); ``ConnectError`` if it has given up."""
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(RELAY_BACK_S):
-            async for state in me.connection_states():
+        async with (
+            asyncio.timeout(RELAY_BACK_S),
+            contextlib.aclosing(me.connection_states()) as states,
+        ):
+            async for state in states:
                 if state.state is LinkState.CONNECTED and state.since >= since:
                     return
                 if state.state is LinkState.CLOSED:
@@ -1209,7 +1212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--db",
         default=os.environ.get("CALLBOT_DB"),
         metavar="PATH",
-        help="SQLite file for call history, kept across restarts (CALLBOT_DB; default: in memory)",
+        help="SQLite file for call history and live calls, kept across restarts: a call goes on "
+        "through a restart (CALLBOT_DB; default: in memory)",
     )
     serve.add_argument(
         "--ring-timeout",
@@ -1224,7 +1228,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RESUME_GRACE_S,
         metavar="SECONDS",
         help="a peer whose connection drops may resume (same id, no churn) for this long before "
-        f"the room hears it left (default {DEFAULT_RESUME_GRACE_S:g}; 0 = at once). Resume "
+        f"the room hears it left (default {DEFAULT_RESUME_GRACE_S:g}; 0 = at once); also how "
+        "long the members of a call restored after a restart (--db) have to come back. Resume "
         "tokens survive a restart with --db or CALLBOT_SECRET (16+ characters)",
     )
     serve.set_defaults(func=_serve)

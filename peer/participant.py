@@ -20,7 +20,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -225,7 +225,7 @@ class Participant:
         """Whether we are in touch with the relay right now (media links do not depend on it)."""
         return self._state
 
-    async def connection_states(self) -> AsyncIterator[ConnectionState]:
+    async def connection_states(self) -> AsyncGenerator[ConnectionState, None]:
         """The current connection state, then every change, until ``closed``."""
         queue: asyncio.Queue[ConnectionState] = asyncio.Queue()
         queue.put_nowait(self._state)

@@ -17,6 +17,9 @@ import pytest
 
 import cli
 from media import fit, grid, read_stamp
+from peer import Backoff, Mode, Participant, ParticipantConfig
+from signaling_server import ServerSettings, start_server
+from signaling_server.protocol import CallStatus
 
 from .test_cli import CALLBOT, ROOT, free_port, run
 
@@ -184,7 +187,7 @@ async def test_a_call_and_its_media_go_on_through_a_relay_restart_with_db(tmp_pa
                 await asyncio.sleep(0.2)
         stopped_at = time.time()
         await relay.stop()
-        await asyncio.sleep(1.0)  # a real outage
+        await asyncio.sleep(2.0)  # a real outage
         await relay.start()
         assert relay.proc is not None
         started.append(relay.proc)
@@ -268,3 +271,42 @@ def test_contradicting_or_oversized_flags_are_usage_errors() -> None:
         assert out.returncode == 2, (args, out.stderr)
         assert message in out.stderr and out.stderr.startswith("usage: "), out.stderr
     assert cli._size("4096x2160") == (4096, 2160)
+
+
+async def test_a_call_command_the_relay_lost_is_sent_again_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    settings = ServerSettings(host="127.0.0.1", port=port, db_path=str(tmp_path / "relay.db"))
+    cfg = {"room": "r", "server_url": f"ws://127.0.0.1:{port}/ws", "mode": Mode.CALL,
+           "reconnect": Backoff(first_s=0.05, cap_s=0.3)}  # fmt: skip
+    relay = start_server(settings)
+    await relay.__aenter__()
+    try:
+        async with (
+            Participant(ParticipantConfig(name="boss", **cfg)) as boss,  # type: ignore[arg-type]
+            Participant(ParticipantConfig(name="desk", **cfg)) as desk,  # type: ignore[arg-type]
+        ):
+            await boss.wait_for_peers(["desk"])
+            call = await boss.start_call([desk.peer_id])
+            async with asyncio.timeout(20):
+                answered = await anext(aiter(desk.incoming_calls()))
+            await answered.accept()
+            await relay.__aexit__(None, None, None)
+            async with asyncio.timeout(20):
+                while desk.connection.connected:
+                    await asyncio.sleep(0.02)
+            # Hanging up while the relay is down: not sent now, sent once the relay is back.
+            leaving = asyncio.create_task(
+                cli._relay_command(desk, answered.leave, lambda: answered.joined)
+            )
+            await asyncio.sleep(0.3)
+            assert not leaving.done() and answered.joined
+            relay = start_server(settings)
+            await relay.__aenter__()
+            await asyncio.wait_for(leaving, 30)
+            assert not answered.joined
+            info = await call.wait_until(lambda i: i.participants == [boss.peer_id])
+            assert info.status is CallStatus.ACTIVE  # boss is alone in it now, as after any leave
+    finally:
+        await relay.__aexit__(None, None, None)
