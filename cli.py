@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import importlib
 import inspect
 import json
@@ -19,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,9 @@ from peer import (
     RemoteTrack,
     ServerError,
 )
+from peer.config import check_room
 from peer.tracks import TrackPump
-from signaling_server import ServerSettings, start_server
+from signaling_server import ServerSettings, StoreError, start_server
 from signaling_server.protocol import CallInfo, CallStatus
 from signaling_server.settings import DEFAULT_RESUME_GRACE_S
 
@@ -78,9 +80,14 @@ logger = logging.getLogger("callbot")
 
 EXIT_ERROR = 1
 EXIT_SIGNALLED = 128 + signal.SIGTERM
+#: How long a call command that lost the relay waits for it before trying again.
+RELAY_BACK_S = 30.0
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 LOG_FORMATS = ["text", "json"]
 PATTERN_MIN_SIDE = 64  # PatternVideoTrack's smallest frame
+#: Largest side: libx264 and libvpx take up to 8192, but a 4096x4096 frame (24 MiB as
+#: YUV 4:2:0, several in flight) is already more than a real-time composite can keep up with.
+MAX_SIDE = 4096
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -95,9 +102,9 @@ def _dimensions(text: str, what: str, least: int) -> tuple[int, int]:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT") from None
-    if w < least or h < least or w % 2 or h % 2:
+    if not (least <= w <= MAX_SIDE and least <= h <= MAX_SIDE) or w % 2 or h % 2:
         raise argparse.ArgumentTypeError(
-            f"{what} sides must be even and at least {least}, got {w}x{h}"
+            f"{what} sides must be even, from {least} to {MAX_SIDE}, got {w}x{h}"
         )
     return w, h
 
@@ -497,10 +504,13 @@ async def _serve(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    async with start_server(settings) as server:
-        # Printed, not logged: with --port 0 this is how a user learns the port.
-        print(f"callbot relay listening on {server.ws_url}", flush=True)
-        await _until_stopped(args.stopper, None)
+    try:
+        async with start_server(settings) as server:
+            # Printed, not logged: with --port 0 this is how a user learns the port.
+            print(f"callbot relay listening on {server.ws_url}", flush=True)
+            await _until_stopped(args.stopper, None)
+    except StoreError as exc:  # --db names no usable SQLite file
+        raise ConfigError(str(exc)) from None
     # Leaving the block closed every client socket with 1001 (going away).
     return 0
 
@@ -521,6 +531,8 @@ async def _join(args: argparse.Namespace) -> int:
     recorder = (
         CallRecorder(Path(args.record), size=args.canvas, fps=args.fps) if args.record else None
     )
+    if args.record:  # before joining: peers would see us arrive, then leave at once
+        await asyncio.to_thread(_check_writable, Path(args.record))
     async with (
         _sources(args.source or ["pattern", "tone"], name) as tracks,
         Participant(config, video=tracks.get("video"), audio=tracks.get("audio")) as me,
@@ -549,6 +561,23 @@ async def _join(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(path: Path) -> None:
+    """Refuse an output file that cannot be created (blocking: run it in a thread)."""
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot record to {path}: no directory {parent}")
+    if path.is_dir():
+        raise ConfigError(f"cannot record to {path}: it is a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"cannot record to {path}: permission denied")
+
+
+def _check_join(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flags that contradict each other: argparse's usage error (exit 2)."""
+    if args.no_receive and args.record:
+        parser.error("--record records what the others send, which --no-receive never decodes")
+
+
 async def _say_connection(me: Participant, progress: _Progress | None = None) -> None:
     """One line per change of the relay connection (media goes on while it is away)."""
     first = True
@@ -573,27 +602,100 @@ async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
 
 
 async def _answer(me: Participant, policy: str) -> None:
-    """Answer every incoming call by ``policy``: auto (accept), decline, or ignore (let it ring)."""
+    """Answer every incoming call by ``policy``: auto (accept), decline, or ignore (let it ring).
+
+    One call at a time: others keep ringing until this one is over for us; one that ended
+    meanwhile is reported as missed. No failure of one call stops the answering.
+    """
     async for call in me.incoming_calls():
+        if call.status is CallStatus.ENDED:
+            print(f"missed call {call.call_id} from {call.started_by} ({call.reason})", flush=True)
+            continue
         print(f"incoming call {call.call_id} from {call.started_by}: {policy}", flush=True)
         try:
             if policy == "auto":
-                await call.accept()
-                # One call at a time: others keep ringing until this one is over for us.
-                await _hang_up_when_over(call)
+                await _relay_command(me, call.accept, functools.partial(_rings_us, me, call))
+                if call.joined:
+                    await _hang_up_when_over(me, call)
             elif policy == "decline":
-                await call.decline()
-        except ServerError as exc:  # e.g. it ended while we were answering
+                await _relay_command(me, call.decline, functools.partial(_rings_us, me, call))
+        except CallbotError as exc:  # e.g. it ended while we were answering
             print(f"could not {policy} call {call.call_id}: {exc}", flush=True)
 
 
-async def _hang_up_when_over(call: Call) -> CallInfo:
-    """Leave once everyone else has; return the final state of the call as we saw it."""
-    info = await call.wait_alone_or_ended()
-    if info.status is not CallStatus.ENDED:
-        await call.leave()
-        # We were the last one in it: the relay ends it right after our leave is applied.
-        info = await call.wait_ended(timeout_s=10)
+def _rings_us(me: Participant, call: Call) -> bool:
+    """``call`` still waits for our answer (a target that has neither accepted nor declined)."""
+    info, us = call.info, me.peer_id
+    return (
+        info.status is not CallStatus.ENDED
+        and us in info.targets
+        and us not in info.declined_by
+        and us not in info.participants
+    )
+
+
+async def _relay_command(
+    me: Participant, command: Callable[[], Awaitable[CallInfo]], needed: Callable[[], bool]
+) -> None:
+    """Send a call command. If the relay connection drops under it, wait until the participant
+    is back (its calls resynced) and send it again while ``needed()`` says the relay has not
+    applied it: the first one may have got through before the drop."""
+    while True:
+        failed_at = time.monotonic()
+        try:
+            await command()
+            return
+        except ConnectError as exc:
+            logger.warning("call command not sent (%s); again once the relay is back", exc)
+        await _relay_back(me, failed_at)
+        if not needed():
+            return
+
+
+async def _relay_back(me: Participant, since: float) -> None:
+    """Wait (up to RELAY_BACK_S) until ``me`` has reconnected to the relay after ``since``
+    (``time.monotonic()``); ``ConnectError`` if it has given up."""
+    with contextlib.suppress(TimeoutError):
+        async with (
+            asyncio.timeout(RELAY_BACK_S),
+            contextlib.aclosing(me.connection_states()) as states,
+        ):
+            async for state in states:
+                if state.state is LinkState.CONNECTED and state.since >= since:
+                    return
+                if state.state is LinkState.CLOSED:
+                    raise ConnectError(f"lost the relay: {state.reason}")
+
+
+async def _hang_up_when_over(me: Participant, call: Call) -> CallInfo:
+    """Leave once everyone else has; return the final state of the call as we saw it.
+
+    It cannot wait for ever: a call the relay forgot in a restart ends locally
+    (``relay_restart``), and a relay lost for good raises ``CallbotError``.
+    """
+    while True:
+        info = await call.wait_alone_or_ended()
+        if info.status is CallStatus.ENDED:
+            break
+        if not call.joined:  # we lost our place in it (away too long); it goes on without us
+            print(f"call {info.call_id} goes on without us", flush=True)
+            return info
+        try:
+            await _relay_command(me, call.leave, lambda: call.joined)
+        except ServerError:
+            if call.status is not CallStatus.ENDED:
+                raise
+            continue  # it ended just before our leave: the mirror has how
+        # We were the last one in it: the relay ends it right after our leave is applied
+        # (unless a target accepted just before: then it goes on).
+        info = await call.wait_until(
+            lambda i: i.status is CallStatus.ENDED or bool(i.participants), timeout_s=10
+        )
+        if info.status is not CallStatus.ENDED:
+            print(f"left call {info.call_id}; it goes on without us", flush=True)
+            return info
+        break
+    info = call.info
     print(
         f"call {info.call_id} ended: {info.reason} after {info.duration_s or 0:.1f} s "
         f"(declined by {', '.join(info.declined_by) or 'nobody'})",
@@ -608,7 +710,7 @@ async def _place_call(me: Participant, targets: Sequence[str]) -> None:
     peers = await me.wait_for_peers(named, timeout_s=None)
     call = await me.start_call([p.peer_id for p in peers] if named else None)
     print(f"calling {', '.join(call.info.targets)}: call {call.call_id}", flush=True)
-    await _hang_up_when_over(call)
+    await _hang_up_when_over(me, call)
 
 
 async def _record(args: argparse.Namespace) -> int:
@@ -627,6 +729,7 @@ async def _record(args: argparse.Namespace) -> int:
         split_dir=Path(args.split) if args.split else None,
         video_codec=args.codec,
     )
+    await asyncio.to_thread(_check_writable, output)  # before peers see us join
     progress = _Progress()
     async with Participant(config) as me:
         print(f"recording room {args.room!r} as {me.peer_id} to {output}", flush=True)
@@ -691,16 +794,25 @@ async def _composite(args: argparse.Namespace) -> int:
 
 
 async def _calls(args: argparse.Namespace) -> int:
+    check_room(args.room)  # the relay's rules, as join checks them
     url = _http_url(args.server, f"/rooms/{quote(args.room, safe='')}/calls")
-    async with aiohttp.ClientSession() as session:
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
         try:
             async with session.get(url, params={"limit": str(args.limit)}) as response:
-                body = await response.json(content_type=None)
-                if response.status != 200:
-                    raise CallbotError(f"{body.get('code')}: {body.get('message')}")
-                calls = body["calls"]
-        except (aiohttp.ClientError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ConnectError(f"cannot read call history from {url}: {exc!r}") from exc
+                status = response.status
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    body = None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            detail = str(exc) or type(exc).__name__
+            raise ConnectError(f"cannot reach the relay at {args.server}: {detail}") from None
+    if status != 200 and isinstance(body, dict) and "code" in body:
+        raise CallbotError(f"{body.get('code')}: {body.get('message')}")
+    calls = body.get("calls") if isinstance(body, dict) else None
+    if status != 200 or not isinstance(calls, list):
+        raise CallbotError(f"{url} did not answer with call history (HTTP {status})")
     if args.json:
         print(json.dumps(calls, indent=2))
         return 0
@@ -1207,7 +1319,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--db",
         default=os.environ.get("CALLBOT_DB"),
         metavar="PATH",
-        help="SQLite file for call history, kept across restarts (CALLBOT_DB; default: in memory)",
+        help="SQLite file for call history and live calls, kept across restarts: a call goes on "
+        "through a restart (CALLBOT_DB; default: in memory)",
     )
     serve.add_argument(
         "--ring-timeout",
@@ -1222,7 +1335,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_RESUME_GRACE_S,
         metavar="SECONDS",
         help="a peer whose connection drops may resume (same id, no churn) for this long before "
-        f"the room hears it left (default {DEFAULT_RESUME_GRACE_S:g}; 0 = at once). Resume "
+        f"the room hears it left (default {DEFAULT_RESUME_GRACE_S:g}; 0 = at once); also how "
+        "long the members of a call restored after a restart (--db) have to come back. Resume "
         "tokens survive a restart with --db or CALLBOT_SECRET (16+ characters)",
     )
     serve.set_defaults(func=_serve)
@@ -1296,7 +1410,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "decline", "ignore"],
         help="what to do when rung: accept, decline, or let it ring",
     )
-    join.set_defaults(func=_join)
+    join.set_defaults(func=_join, check=lambda args: _check_join(join, args))
 
     record = sub.add_parser(
         "record",
@@ -1468,6 +1582,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"CALLBOT_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
     if args.log_format not in LOG_FORMATS:
         parser.error(f"CALLBOT_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+    check = getattr(args, "check", None)
+    if check is not None:
+        check(args)
     _configure_logging(args.log_level, args.log_format)
     try:
         if inspect.iscoroutinefunction(args.func):

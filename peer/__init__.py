@@ -1,10 +1,11 @@
 """callbot's WebRTC participant: join a room, publish and receive tracks, make and take calls."""
 
 from .backoff import Backoff, ConnectionState, LinkState
-from .calls import Call, CallEndedError
+from .calls import Call
 from .config import DEFAULT_SERVER_URL, LOOPBACK_ONLY, IceServer, Mode, ParticipantConfig
 from .errors import (
     CallbotError,
+    CallEndedError,
     ConfigError,
     ConnectError,
     JoinRefused,

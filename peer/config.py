@@ -128,6 +128,11 @@ def _video_codec_names() -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for n in names if n.lower() != "rtx"))
 
 
+def check_room(room: str) -> None:
+    """Refuse a room name the relay would refuse (``ConfigError``), without asking it."""
+    _check_text("room", room, MAX_ROOM_LENGTH)
+
+
 def _check_text(field: str, value: str, limit: int) -> None:
     """The relay's own rules for room and name, checked before connecting."""
     if not value.strip():
@@ -148,4 +153,11 @@ def _check_ice_address(address: str) -> None:
         raise ConfigError(f"ice address {address!r} must be one local unicast address")
 
 
-__all__ = ["DEFAULT_SERVER_URL", "LOOPBACK_ONLY", "IceServer", "Mode", "ParticipantConfig"]
+__all__ = [
+    "DEFAULT_SERVER_URL",
+    "LOOPBACK_ONLY",
+    "IceServer",
+    "Mode",
+    "ParticipantConfig",
+    "check_room",
+]

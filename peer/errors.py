@@ -5,6 +5,7 @@
     CallbotError                 root of everything callbot's peer package raises
     ├── ConfigError              a config that cannot work (also a ValueError)
     ├── WaitTimeout              a wait_* helper ran out of time (also a TimeoutError)
+    ├── CallEndedError           waited for a call state the call can no longer reach (it ended)
     ├── SignalingError           talking to the relay failed
     │   ├── ConnectError         the relay could not be reached or the WebSocket dropped
     │   └── ServerError          the relay answered ``error`` (carries its ErrorCode)
@@ -14,7 +15,7 @@
 
 from __future__ import annotations
 
-from signaling_server.protocol import ErrorCode
+from signaling_server.protocol import CallInfo, ErrorCode
 
 
 class CallbotError(Exception):
@@ -27,6 +28,14 @@ class ConfigError(CallbotError, ValueError):
 
 class WaitTimeout(CallbotError, TimeoutError):
     """Says what was being waited for, unlike a bare ``TimeoutError``."""
+
+
+class CallEndedError(CallbotError):
+    """A ``Call.wait_for`` target the call can no longer reach: it ended (``info`` says how)."""
+
+    def __init__(self, info: CallInfo) -> None:
+        super().__init__(f"call {info.call_id} ended ({info.reason})")
+        self.info = info
 
 
 class SignalingError(CallbotError):
@@ -57,6 +66,7 @@ class NegotiationError(CallbotError):
 
 
 __all__ = [
+    "CallEndedError",
     "CallbotError",
     "ConfigError",
     "ConnectError",

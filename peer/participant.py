@@ -20,7 +20,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -34,6 +34,7 @@ from signaling_server.protocol import (
     CallState,
     CallStatus,
     ClientMessage,
+    EndReason,
     Error,
     IncomingCall,
     Join,
@@ -122,6 +123,7 @@ class Participant:
         self._linger_timer: asyncio.TimerHandle | None = None
         self._data: asyncio.Queue[DataMessage | None] = asyncio.Queue()
         self._data_dropped = 0
+        self._calls_stale = False  # the last call resync failed: the roster pull retries it
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -143,6 +145,8 @@ class Participant:
 
     async def join(self) -> Welcome:
         """Connect to the relay and join the room; raises ``ConnectError`` or ``JoinRefused``."""
+        if self._closed:
+            raise CallbotError("the participant is closed")
         if self._welcome is not None:
             return self._welcome
         await self._signaling.connect()
@@ -207,6 +211,8 @@ class Participant:
         finally:
             await self._signaling.aclose()
             self._set_state(ConnectionState(state=LinkState.CLOSED, reason="closed"))
+            for call in self._calls.values():
+                call._abandon("the participant is closed")
             self._tracks.put_nowait(None)
             self._invites.put_nowait(None)
             self._data.put_nowait(None)
@@ -219,7 +225,7 @@ class Participant:
         """Whether we are in touch with the relay right now (media links do not depend on it)."""
         return self._state
 
-    async def connection_states(self) -> AsyncIterator[ConnectionState]:
+    async def connection_states(self) -> AsyncGenerator[ConnectionState, None]:
         """The current connection state, then every change, until ``closed``."""
         queue: asyncio.Queue[ConnectionState] = asyncio.Queue()
         queue.put_nowait(self._state)
@@ -498,9 +504,17 @@ class Participant:
                         state=LinkState.CLOSED, reason="another connection took over the session"
                     )
                 )
+                self._relay_gone_for_good("another connection took over the session")
                 return
             if not await self._reconnect(reason):
+                self._relay_gone_for_good(self._state.reason or reason)
                 return
+
+    def _relay_gone_for_good(self, why: str) -> None:
+        """No call news will ever come again: end the waits on our calls and on new ones."""
+        for call in self._calls.values():
+            call._abandon(f"lost the relay for good ({why})")
+        self._invites.put_nowait(None)
 
     async def _reconnect(self, reason: str) -> bool:
         """Back off and rejoin with our resume token; False if we gave up (state ``closed``).
@@ -549,44 +563,82 @@ class Participant:
                     ConnectionState(state=LinkState.CLOSED, reason=f"join refused: {exc}")
                 )
                 return False
-            if welcome.peer_id != old_id:
+            new_identity = welcome.peer_id != old_id
+            if new_identity:
                 # A new identity: everyone sees a new peer, so every link starts over.
                 logger.warning("rejoined as a new peer %s (was %s)", welcome.peer_id, old_id)
                 for peer_id in list(self._links):
                     self._close_link(peer_id)
             logger.info("rejoined room %r as %s", welcome.room, welcome.peer_id)
-            await self._resync_calls()
+            await self._resync_calls(new_identity=new_identity)
             self._set_state(ConnectionState(state=LinkState.CONNECTED))
             return True
 
-    async def _resync_calls(self) -> None:
+    async def _resync_calls(self, *, new_identity: bool = False) -> None:
         """Calls may have moved on while we were away (their ``call_state`` messages were not
-        delivered): read the room's recent calls from the relay's REST API and bring our
-        mirrors up to date, as if the missed messages had arrived."""
-        parts = urlsplit(self.config.server_url)
-        scheme = "https" if parts.scheme == "wss" else "http"
-        path = f"/rooms/{quote(self.config.room, safe='')}/calls"
-        url = urlunsplit((scheme, parts.netloc, path, "limit=50", ""))
-        try:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(
-                    url, timeout=aiohttp.ClientTimeout(total=self.config.connect_timeout_s)
-                ) as response,
-            ):
-                body = await response.json(content_type=None)
-            items = body["calls"] if response.status == 200 else []
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("could not resync calls after reconnecting: %s", exc)
-            return
+        delivered): read them from the relay's REST API and bring our mirrors up to date, as if
+        the missed messages had arrived.
+
+        A call the relay no longer knows (it restarted without its database) ends here, locally,
+        ``relay_restart``: no message will ever end it. So does, after we came back as a new
+        peer, every call that still counts on our old identity, which can never act again. If
+        the relay cannot be read, the roster pull tries again later.
+        """
         me = self.peer_id
-        for item in items if isinstance(items, list) else []:
-            try:
-                self._resync_call(item, me)
-            except (ProtocolError, KeyError, TypeError) as exc:
-                logger.warning("ignoring a call the relay listed: %s", exc)
+        timeout = aiohttp.ClientTimeout(total=self.config.connect_timeout_s)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                room = f"/rooms/{quote(self.config.room, safe='')}/calls"
+                items = await self._read_json(session, self._rest_url(room, "limit=100"), "calls")
+                listed = set()
+                for item in items:
+                    listed.add(item.get("call_id") if isinstance(item, dict) else None)
+                    self._resync_item(item, me)
+                # Ours but not among the room's newest: ask for each on its own.
+                for call in list(self._calls.values()):
+                    if call.status is CallStatus.ENDED or call.call_id in listed:
+                        continue
+                    path = f"/calls/{quote(call.call_id, safe='')}"
+                    found = await self._read_json(session, self._rest_url(path), "call")
+                    if found is None:
+                        logger.warning("the relay no longer knows call %s: ended", call.call_id)
+                        call._end_locally(EndReason.RELAY_RESTART)
+                    else:
+                        self._resync_item(found, me)
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("could not resync calls with the relay: %s", exc)
+            self._calls_stale = True
+        else:
+            self._calls_stale = False
+        if new_identity:
+            for call in self._calls.values():
+                if call._holds_us():
+                    logger.warning("call %s was our old identity's: ended", call.call_id)
+                    call._end_locally(EndReason.RELAY_RESTART)
         self._sync_links()
         self._changed.set()
+
+    def _rest_url(self, path: str, query: str = "") -> str:
+        parts = urlsplit(self.config.server_url)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        return urlunsplit((scheme, parts.netloc, path, query, ""))
+
+    @staticmethod
+    async def _read_json(session: aiohttp.ClientSession, url: str, key: str) -> Any:
+        """``body[key]`` of a 200 answer; ``None`` for a 404; ``ValueError`` for anything else."""
+        async with session.get(url) as response:
+            if response.status == 404:
+                return None
+            body = await response.json(content_type=None)
+            if response.status != 200 or not isinstance(body, dict):
+                raise ValueError(f"GET {url}: HTTP {response.status}")
+        return body[key]
+
+    def _resync_item(self, item: Any, me: str) -> None:
+        try:
+            self._resync_call(item, me)
+        except (ProtocolError, KeyError, TypeError) as exc:
+            logger.warning("ignoring a call the relay listed: %s", exc)
 
     def _resync_call(self, item: dict[str, Any], me: str) -> None:
         known = self._calls.get(item["call_id"])
@@ -624,9 +676,12 @@ class Participant:
         self._puller = asyncio.create_task(self._pull(interval), name="callbot-peer-list")
 
     async def _pull(self, interval: float) -> None:
-        """Ask for the roster now and then: heals a peer_joined/peer_left we missed."""
+        """Ask for the roster now and then: heals a peer_joined/peer_left we missed (and calls
+        we could not resync after a reconnect)."""
         while True:
             await asyncio.sleep(interval)
+            if self._calls_stale:
+                await self._resync_calls()
             try:
                 reply = await self._request(ListPeers())
             except CallbotError as exc:

@@ -7,6 +7,7 @@ everyone else has left, it leaves too, so the call ends and the next one can be 
 Usage: python samples/answer_bot.py SERVER_URL ROOM OUTPUT_DIR [SECONDS] [MAX_CALLS]
   e.g. python samples/answer_bot.py ws://127.0.0.1:8080/ws office recordings 60
 It stops after SECONDS (default 60) or once it has answered MAX_CALLS calls (default: no limit).
+A call that rang while it was busy and ended before it got to it (the caller gave up) is skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from media import AudioMixer, Compositor, PatternVideoTrack, Recorder
-from peer import Call, Mode, Participant, ParticipantConfig
+from peer import Call, Mode, Participant, ParticipantConfig, ServerError
 from signaling_server.protocol import CallStatus
 
 
@@ -57,7 +58,15 @@ async def main(
         async def answer() -> None:
             answered = 0
             async for call in me.incoming_calls():
-                await call.accept()
+                # It may have rung while we were in another call, and ended since.
+                if call.status is CallStatus.ENDED:
+                    print(f"missed call {call.call_id} ({call.reason})", flush=True)
+                    continue
+                try:
+                    await call.accept()
+                except ServerError as exc:  # it ended just now (invalid_transition)
+                    print(f"missed call {call.call_id} ({exc.code})", flush=True)
+                    continue
                 print(f"answered call {call.call_id} from {call.started_by}", flush=True)
                 await record_call(me, call, out_dir / f"{call.call_id}.mkv")
                 answered += 1

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .app import RunningServer, create_app, serve_forever, start_server
     from .settings import ServerSettings
+    from .store import StoreError
 
 _EXPORTS = {
     "create_app": ".app",
@@ -19,9 +20,17 @@ _EXPORTS = {
     "serve_forever": ".app",
     "start_server": ".app",
     "ServerSettings": ".settings",
+    "StoreError": ".store",
 }
 
-__all__ = ["RunningServer", "ServerSettings", "create_app", "serve_forever", "start_server"]
+__all__ = [
+    "RunningServer",
+    "ServerSettings",
+    "StoreError",
+    "create_app",
+    "serve_forever",
+    "start_server",
+]
 
 
 def __getattr__(name: str) -> Any:

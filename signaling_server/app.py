@@ -1,9 +1,10 @@
 """The aiohttp application of the relay, and helpers to run it (tests, the CLI).
 
 All state lives in the app (``web.AppKey``), so several relays can run in one process (tests do).
-The call store is opened in a ``cleanup_ctx`` (which first ends the calls a previous run left
-unfinished, ``relay_restart``) and closed after the sockets; with a database, the secret that signs
-resume tokens is loaded from it too, so peers get their ids back after a restart. Shutdown closes
+The call store is opened in a ``cleanup_ctx`` and closed after the sockets; the calls a previous
+run left unfinished are restored (see ``call_service``). With a database, the secret that signs
+resume tokens is loaded from it too, so peers get their ids back after a restart and with them
+their place in those calls. Shutdown closes
 every WebSocket with 1001 (going away) so that clients can tell a restart from a network failure
 and reconnect.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from .handlers import HUB_KEY, Hub, websocket_handler
 from .rest import add_routes
 from .resume import ResumeTokens, load_or_create_secret
 from .settings import ServerSettings
-from .store import end_unfinished, open_store
+from .store import StoreError, open_store
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +65,27 @@ def create_app(settings: ServerSettings) -> web.Application:
 
 
 async def _call_store(app: web.Application) -> AsyncIterator[None]:
-    """Open the store, end what the last run left unfinished, run the call service; undo."""
+    """Open the store, restore what the last run left unfinished, run the call service; undo.
+
+    Raises :class:`StoreError` if the database cannot be opened.
+    """
     settings, hub = app[SETTINGS_KEY], app[HUB_KEY]
     store = open_store(settings.db_path)
     await store.open()
     try:
         if settings.secret is None and settings.db_path is not None:
             # Tokens signed with the database's secret still resume after a restart.
-            secret = await asyncio.to_thread(load_or_create_secret, settings.db_path)
+            try:
+                secret = await asyncio.to_thread(load_or_create_secret, settings.db_path)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open call database {settings.db_path}: {exc}") from None
             hub.tokens = ResumeTokens(secret)
-        await end_unfinished(store)
-        hub.calls.start(store)
+        hub.calls.start(
+            store,
+            restore=await store.unfinished(),
+            down_at=await store.last_alive(),
+            window_s=settings.resume_grace_s,
+        )
         yield
     finally:
         await hub.calls.aclose()

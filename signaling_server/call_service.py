@@ -7,6 +7,14 @@ calls and send ``incoming_call``/``call_state``. One job at a time means no two 
 interleave around the store's ``await``; a job whose requester stopped waiting (a closed REST
 request) still finishes, so memory and store never disagree. A failed append changes nothing.
 
+Restarts: the calls an earlier run left unfinished are restored as they were (ringing or active)
+when the service starts, because their media never needed the relay and their members resume
+with their old peer ids. Members get the resume window (``ServerSettings.resume_grace_s``) to
+come back; then whoever is not back leaves each call as on a departure. A call nobody came back
+to (and nothing happened in) ends ``relay_restart``, dated at the earlier run's last sign of life:
+while calls are live the service stamps the store every few seconds, and once more when it
+closes.
+
 Who hears what: ``incoming_call`` goes to each target when the call starts; every stored event
 becomes one ``call_state`` to everyone involved — the initiator and every target, whatever they
 did since. The requester's copy of the first ``call_state`` its command caused carries its ``ref``.
@@ -39,6 +47,9 @@ from .rooms import Member, Rooms
 from .store import EventStore
 
 log = logging.getLogger(__name__)
+
+#: While calls are live, the store is told the relay is up this often (see the module doc).
+ALIVE_EVERY_S = 5.0
 
 
 class Action(StrEnum):
@@ -83,16 +94,23 @@ class CallService:
         deliver: Callable[[str, str], None],
         ring_timeout_s: float,
         clock: Callable[[], float] = time.time,
+        alive_every_s: float = ALIVE_EVERY_S,
     ) -> None:
         self._rooms = rooms
         self._deliver = deliver
         self._ring_timeout_s = ring_timeout_s
         self._clock = clock
+        self._alive_every_s = alive_every_s
         self._store: EventStore | None = None
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._live: dict[str, _Live] = {}
         self._involved: dict[str, set[str]] = {}  # peer id -> live calls it started or is rung in
+        # Restored calls whose members may still come back: call id -> events when restored.
+        self._restored: dict[str, int] = {}
+        self._down_at: float | None = None
+        self._window: asyncio.TimerHandle | None = None
+        self._alive_timer: asyncio.TimerHandle | None = None
 
     @property
     def store(self) -> EventStore:
@@ -104,24 +122,58 @@ class CallService:
     def live_count(self) -> int:
         return len(self._live)
 
-    def start(self, store: EventStore) -> None:
-        """Begin taking commands, storing in ``store`` (opened, unfinished calls already ended)."""
+    def start(
+        self,
+        store: EventStore,
+        *,
+        restore: Sequence[Sequence[Event]] = (),
+        down_at: float | None = None,
+        window_s: float = 0.0,
+    ) -> None:
+        """Begin taking commands, storing in ``store`` (opened).
+
+        ``restore``: the calls an earlier run left unfinished (``store.unfinished()``), live
+        again at once; their members have ``window_s`` to come back. ``down_at``: the earlier
+        run's last sign of life (``store.last_alive()``), when a call nobody came back to ends.
+        """
         if self._worker is not None:
             raise RuntimeError("the call service is already running")
         self._store = store
+        now = self._clock()
+        for restored in restore:
+            events = list(restored)
+            info = calls.fold(events)
+            # A ringing call rings on for what is left of its ring time (the downtime counts).
+            ring_left = max(0.0, info.started_at + self._ring_timeout_s - now)
+            self._track(info, events, ring_in=ring_left)
+            self._restored[info.call_id] = len(events)
+        self._down_at = down_at
+        loop = asyncio.get_running_loop()
         self._worker = asyncio.create_task(self._work(), name="callbot-relay-calls")
+        if self._restored:
+            log.info("restored %d call(s) of the previous run; their members have %.1f s to "
+                     "come back", len(self._restored), window_s)  # fmt: skip
+            self._window = loop.call_later(window_s, self._later, self._window_over)
+        self._alive_timer = loop.call_later(self._alive_every_s, self._later, self._stamp_alive)
 
     async def aclose(self) -> None:
         """Stop the worker and the timers; pending commands fail (``internal``). Idempotent.
 
-        Live calls are left as stored: the next start ends them ``relay_restart``.
+        Live calls are left as stored (the next start restores them); the store is told when
+        the relay stopped, which is when a restored call that nobody comes back to ends.
         """
         worker, self._worker = self._worker, None
+        had_live = bool(self._live)
+        for timer in (self._window, self._alive_timer):
+            if timer is not None:
+                timer.cancel()
+        self._window = self._alive_timer = None
         for live in self._live.values():
             if live.timer is not None:
                 live.timer.cancel()
         self._live.clear()
         self._involved.clear()
+        self._restored.clear()
         if worker is not None:
             worker.cancel()
             try:
@@ -132,6 +184,11 @@ class CallService:
                     raise
         while not self._queue.empty():
             _settle(self._queue.get_nowait(), _shutting_down())
+        if had_live and self._store is not None:
+            try:
+                await self._store.mark_alive(self._clock())
+            except Exception:  # the calls are stored; only their end time gets less precise
+                log.exception("could not note the shutdown time in the call store")
 
     # ------------------------------------------------------------------ commands
 
@@ -237,9 +294,47 @@ class CallService:
         live = self._live.get(call_id)
         if live is None or live.info.status is not CallStatus.RINGING:
             return  # answered or ended while the job waited in the queue
+        # When it stopped ringing (a restored call may have timed out during the downtime).
+        at = min(self._clock(), live.info.started_at + self._ring_timeout_s)
         await self._commit(
-            live.events, calls.ring_timeout(live.events, self._clock()), requester=None, ref=None
+            live.events, calls.ring_timeout(live.events, at), requester=None, ref=None
         )
+
+    async def _window_over(self) -> None:
+        """The members of restored calls had their chance to come back: settle who did not."""
+        restored, self._restored = self._restored, {}
+        for call_id, count in restored.items():
+            live = self._live.get(call_id)
+            if live is None:
+                continue  # it ended meanwhile
+            involved = list(dict.fromkeys([live.info.started_by, *live.info.targets]))
+            gone = [p for p in involved if self._rooms.get(p) is None]
+            try:
+                if len(gone) == len(involved) and len(live.events) == count:
+                    at = live.info.started_at if self._down_at is None else self._down_at
+                    new = calls.interrupted(live.events, at)
+                    await self._commit(live.events, new, requester=None, ref=None)
+                    continue
+                for peer in gone:
+                    live = self._live.get(call_id)
+                    if live is None:
+                        break
+                    new = calls.disconnect(live.events, peer, self._clock())
+                    if new:
+                        await self._commit(live.events, new, requester=None, ref=None)
+            except Exception:  # one call's failure must not leave the others unsettled
+                log.exception("could not settle restored call %s", call_id)
+
+    async def _stamp_alive(self) -> None:
+        """While calls are live, tell the store we are up (see the module doc); then again."""
+        try:
+            if self._live:
+                await self.store.mark_alive(self._clock())
+        finally:
+            if self._worker is not None:
+                self._alive_timer = asyncio.get_running_loop().call_later(
+                    self._alive_every_s, self._later, self._stamp_alive
+                )
 
     # ------------------------------------------------------------------ helpers
 
@@ -309,7 +404,7 @@ class CallService:
             log.info("call %s ended: %s after %.1f s", info.call_id, info.reason, info.duration_s)
         return info
 
-    def _track(self, info: CallInfo, events: list[Event]) -> None:
+    def _track(self, info: CallInfo, events: list[Event], *, ring_in: float | None = None) -> None:
         call_id = info.call_id
         live = self._live.get(call_id)
         if info.status is CallStatus.ENDED:
@@ -326,15 +421,23 @@ class CallService:
             return
         if live is None:
             live = self._live[call_id] = _Live(events=events, info=info)
-            live.timer = asyncio.get_running_loop().call_later(
-                self._ring_timeout_s, self._ring_timeout_due, call_id
-            )
+            if info.status is CallStatus.RINGING:
+                live.timer = asyncio.get_running_loop().call_later(
+                    self._ring_timeout_s if ring_in is None else ring_in,
+                    self._ring_timeout_due,
+                    call_id,
+                )
             for peer in (info.started_by, *info.targets):
                 self._involved.setdefault(peer, set()).add(call_id)
         live.events, live.info = events, info
         if info.status is not CallStatus.RINGING and live.timer is not None:
             live.timer.cancel()
             live.timer = None
+
+    def _later(self, run: Callable[[], Awaitable[None]]) -> None:
+        """A timer came due: queue its job behind the commands (none once closed)."""
+        if self._worker is not None:
+            self._queue.put_nowait(_Job(run))
 
     def _ring_timeout_due(self, call_id: str) -> None:
         live = self._live.get(call_id)

@@ -14,7 +14,7 @@ States and moves (``CallStatus``)::
     active  --accept (another target) / leave (a participant)-> active
     active  --leave/disconnect (the last participant)---------> ended  last_left
     active  --end (a participant)-----------------------------> ended  ended
-    (unfinished, found when the relay starts) ---------------> ended  relay_restart
+    (restored after a restart, nobody back in time) ----------> ended  relay_restart
 
 Each target accepts or declines at most once; a target that disconnects before answering counts as
 declining. ``ended`` is terminal. Anything else is an ``invalid_transition``.
@@ -266,14 +266,15 @@ def ring_timeout(events: Sequence[Event], now: float) -> list[Event]:
     return _Builder(state, now).end(EndReason.NO_ANSWER, None).events
 
 
-def interrupted(events: Sequence[Event]) -> list[Event]:
-    """End a call found unfinished when the relay starts (``relay_restart``).
+def interrupted(events: Sequence[Event], at: float) -> list[Event]:
+    """End a call that nobody came back to after a relay restart (``relay_restart``).
 
-    Its end is dated at its last stored event: the relay cannot know when, during its downtime,
-    the call really stopped, and that keeps ``duration_s`` a lower bound rather than a guess.
+    ``at`` is when the previous relay run was last known to be up with the call live (its
+    shutdown, or its last liveness stamp before a crash): the call cannot have gone on through
+    the relay after that. Never dated before the call's last event.
     """
     state = _live(events)
-    return _Builder(state, state.last_at).end(EndReason.RELAY_RESTART, None).events
+    return _Builder(state, at).end(EndReason.RELAY_RESTART, None).events
 
 
 def is_participant(events: Sequence[Event], peer_id: str) -> bool:

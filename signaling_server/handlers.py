@@ -176,7 +176,7 @@ class Hub:
             return
         self._retire(peer_id)
         # On shutdown everyone is going and the 1001 close says it all: no peer_left storm, and
-        # calls stay as stored (the next start ends them relay_restart, not last_left).
+        # calls stay as stored (the next start restores them; no last_left storm).
         if not self.closing:
             self.broadcast(member.room, PeerLeft(peer_id=member.peer_id, reason=reason))
             self.calls.peer_gone(member.peer_id)

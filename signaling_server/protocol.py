@@ -290,7 +290,7 @@ class EndReason(StrEnum):
     NO_ANSWER = "no_answer"  # the ring timeout passed with nobody accepting
     LAST_LEFT = "last_left"  # the last participant left an active call
     ENDED = "ended"  # a participant sent end_call while it was active
-    RELAY_RESTART = "relay_restart"  # found unfinished when the relay started again
+    RELAY_RESTART = "relay_restart"  # restored after a restart, and nobody came back to it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -52,7 +52,8 @@ class ServerSettings:
     ring_timeout_s: float = 90.0
     #: A peer whose socket drops without ``leave`` stays in its room, "away", this long: it may
     #: resume (same peer id, no churn) before the room hears ``peer_left`` (``timeout``) and its
-    #: calls go on without it. 0 = no grace (``peer_left`` ``disconnected`` at once).
+    #: calls go on without it. 0 = no grace (``peer_left`` ``disconnected`` at once). Also how
+    #: long the members of calls restored after a restart have to come back (resume).
     resume_grace_s: float = DEFAULT_RESUME_GRACE_S
     #: Signs resume tokens. ``None``: a secret kept in the database at ``db_path`` (so tokens
     #: survive restarts), or a random one per process without a database (they do not).

@@ -5,10 +5,10 @@ The store is the relay's only durable state. It knows nothing of the state machi
 service decides what to append. Keep it behind the interface: a Redis Streams store for multi-node
 relays is meant to slot in later.
 
-Restart semantics (:func:`end_unfinished`, run when the relay starts): after a restart every
-socket is gone, so no call can still be ringing or active. Each call found unfinished gets a
-``call_ended`` event with reason ``relay_restart``, dated at its last stored event (the relay does
-not know when during its downtime the call really stopped).
+Restarts: the store hands the relay its unfinished calls (:meth:`EventStore.unfinished`) and the
+last moment a previous run was known to be up with calls live (:meth:`EventStore.last_alive`,
+stamped every few seconds while calls are live and once more on a graceful stop). The call
+service restores those calls and ends the ones nobody comes back to, dated at that moment.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ class BadCursor(ValueError):
     """A pagination cursor this store did not hand out."""
 
 
+class StoreError(RuntimeError):
+    """The store cannot be opened (a bad path, not a database, an unknown schema)."""
+
+
 class EventStore(Protocol):
     """An append-only log of call events, grouped by call and indexed by room."""
 
@@ -67,6 +71,12 @@ class EventStore(Protocol):
     async def unfinished(self) -> list[list[Event]]:
         """The events of every call without a ``call_ended`` event, oldest call first."""
 
+    async def mark_alive(self, at: float) -> None:
+        """Remember that the relay was up (with live calls) at ``at``, Unix seconds."""
+
+    async def last_alive(self) -> float | None:
+        """The latest :meth:`mark_alive` time, from this run or an earlier one; ``None``: never."""
+
     async def aclose(self) -> None:
         """Release everything; idempotent."""
 
@@ -74,18 +84,6 @@ class EventStore(Protocol):
 def open_store(db_path: str | None) -> EventStore:
     """The store ``ServerSettings.db_path`` asks for (not opened yet)."""
     return MemoryStore() if db_path is None else SQLiteStore(db_path)
-
-
-async def end_unfinished(store: EventStore) -> list[CallInfo]:
-    """End every unfinished call ``relay_restart`` (see the module docstring); returns them."""
-    ended = []
-    for events in await store.unfinished():
-        new = calls.interrupted(events)
-        await store.append(new)
-        ended.append(calls.fold([*events, *new]))
-    if ended:
-        log.info("ended %d call(s) left unfinished by the previous run (relay_restart)", len(ended))
-    return ended
 
 
 def encode_cursor(position: int) -> str:
@@ -121,6 +119,7 @@ class MemoryStore:
         self._events: dict[str, list[Event]] = {}
         self._order: dict[str, list[str]] = {}  # room -> call ids, oldest first
         self._unfinished: dict[str, None] = {}  # an ordered set
+        self._alive_at: float | None = None
 
     async def __aenter__(self) -> MemoryStore:
         await self.open()
@@ -159,6 +158,12 @@ class MemoryStore:
     async def unfinished(self) -> list[list[Event]]:
         return [list(self._events[c]) for c in self._unfinished]
 
+    async def mark_alive(self, at: float) -> None:
+        self._alive_at = at
+
+    async def last_alive(self) -> float | None:
+        return self._alive_at
+
     async def aclose(self) -> None:
         pass
 
@@ -185,6 +190,10 @@ CREATE TABLE IF NOT EXISTS events (
     reason TEXT,
     PRIMARY KEY (call_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS relay_alive (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    at REAL NOT NULL
+);
 """
 
 
@@ -216,8 +225,10 @@ class SQLiteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callbot-sqlite")
         try:
             await self._run(self._open_sync)
-        except BaseException:
+        except BaseException as exc:
             await self.aclose()
+            if isinstance(exc, sqlite3.Error):  # missing directory, a directory, not a database
+                raise StoreError(f"cannot open call database {self.path}: {exc}") from None
             raise
 
     async def append(self, events: Sequence[Event]) -> None:
@@ -233,6 +244,12 @@ class SQLiteStore:
 
     async def unfinished(self) -> list[list[Event]]:
         return await self._run(self._unfinished_sync)
+
+    async def mark_alive(self, at: float) -> None:
+        await self._run(lambda: self._mark_alive_sync(at))
+
+    async def last_alive(self) -> float | None:
+        return await self._run(self._last_alive_sync)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -260,8 +277,9 @@ class SQLiteStore:
             db.execute("PRAGMA busy_timeout=5000")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _SCHEMA_VERSION):
-                raise RuntimeError(
-                    f"{self.path}: call store schema {version}; this relay knows {_SCHEMA_VERSION}"
+                raise StoreError(
+                    f"cannot open call database {self.path}: call store schema {version}; "
+                    f"this relay knows {_SCHEMA_VERSION}"
                 )
             db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={_SCHEMA_VERSION}; COMMIT;")
         except BaseException:
@@ -336,6 +354,13 @@ class SQLiteStore:
         rows = rows[:limit]
         page = [calls.fold(self._events_sync(call_id)) for _pos, call_id in rows]
         return CallPage(calls=page, next_cursor=encode_cursor(rows[-1][0]) if more else None)
+
+    def _mark_alive_sync(self, at: float) -> None:
+        self._conn().execute("INSERT OR REPLACE INTO relay_alive (id, at) VALUES (1, ?)", (at,))
+
+    def _last_alive_sync(self) -> float | None:
+        row = self._conn().execute("SELECT at FROM relay_alive WHERE id = 1").fetchone()
+        return None if row is None else float(row[0])
 
     def _unfinished_sync(self) -> list[list[Event]]:
         ids = self._conn().execute("SELECT call_id FROM calls WHERE ended = 0 ORDER BY pos")

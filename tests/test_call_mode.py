@@ -8,7 +8,17 @@ from collections.abc import AsyncIterator
 import pytest
 
 from media import PatternVideoTrack, read_stamp
-from peer import Call, Mode, Participant, ParticipantConfig, RemoteTrack, ServerError
+from peer import (
+    Call,
+    CallbotError,
+    CallEndedError,
+    Mode,
+    Participant,
+    ParticipantConfig,
+    RemoteTrack,
+    ServerError,
+    WaitTimeout,
+)
 from signaling_server import RunningServer
 from signaling_server.protocol import CallStatus, EndReason, ErrorCode
 
@@ -196,3 +206,40 @@ async def test_a_call_right_behind_the_welcome_is_not_lost() -> None:
                     await asyncio.sleep(0.02)
     finally:
         await runner.cleanup()
+
+
+async def test_call_waits_raise_errors_of_the_documented_tree(trio: list[Participant]) -> None:
+    ann, ben, _ = trio
+    call = await ann.start_call([ben.peer_id])
+    with pytest.raises(WaitTimeout, match=f"call {call.call_id} is ringing") as timed_out:
+        await call.wait_for(CallStatus.ACTIVE, timeout_s=0.1)
+    assert isinstance(timed_out.value, CallbotError) and isinstance(timed_out.value, TimeoutError)
+    with pytest.raises(WaitTimeout):
+        await call.wait_until(lambda info: False, timeout_s=0.1)
+    with pytest.raises(WaitTimeout):
+        await call.wait_ended(timeout_s=0.1)
+    await (await ring(ben)).decline()
+    with pytest.raises(CallEndedError) as ended:
+        await call.wait_for(CallStatus.ACTIVE, timeout_s=10)
+    assert isinstance(ended.value, CallbotError)  # one except clause catches every wait
+    assert ended.value.info.reason is EndReason.ALL_DECLINED
+
+
+async def test_a_closed_participant_refuses_to_join_and_ends_its_call_waits(
+    relay: RunningServer,
+) -> None:
+    async with (
+        Participant(config(relay, "dee")) as dee,
+        Participant(config(relay, "eve")) as eve,
+    ):
+        await dee.wait_for_peers(["eve"])
+        call = await dee.start_call([eve.peer_id])
+        waiting = asyncio.create_task(call.wait_alone_or_ended())  # no timeout
+        await asyncio.sleep(0)
+        await dee.aclose()
+        with pytest.raises(CallbotError, match="the participant is closed"):
+            await asyncio.wait_for(waiting, 10)
+        with pytest.raises(CallbotError, match="the participant is closed"):
+            await dee.join()  # not the stale welcome of the closed session
+        # updates() ends too, after what had arrived (instead of waiting for ever).
+        assert [state.event async for state in call.updates()] == ["call_started"]

@@ -344,23 +344,26 @@ def test_every_command_on_an_ended_call_is_refused(
 
 def test_timeout_and_restart_of_an_ended_call_are_refused() -> None:
     refused(lambda: calls.ring_timeout(ended(), T0 + 90), "ended")
-    refused(lambda: calls.interrupted(ended()), "ended")
+    refused(lambda: calls.interrupted(ended(), T0 + 90), "ended")
 
 
 # --------------------------------------------------------------------------- restart, clock
 
 
-def test_interrupted_call_ends_relay_restart_at_its_last_event() -> None:
+def test_interrupted_call_ends_relay_restart_when_the_relay_was_last_up() -> None:
     events = active()
     events = then(events, calls.accept(events, C, T0 + 8))
-    new = calls.interrupted(events)
+    new = calls.interrupted(events, T0 + 65)  # the earlier run stopped (or last stamped) then
     assert kinds(new) == [CallEvent.CALL_ENDED]
-    assert (new[0].at, new[0].peer_id, new[0].reason) == (T0 + 8, None, EndReason.RELAY_RESTART)
+    assert (new[0].at, new[0].peer_id, new[0].reason) == (T0 + 65, None, EndReason.RELAY_RESTART)
     info = calls.fold(then(events, new))
+    assert (info.ended_at, info.duration_s) == (T0 + 65, 60.0)
+    # A stamp older than the call's last event (a crash soon after it) never dates it earlier.
+    info = calls.fold(then(events, calls.interrupted(events, T0 - 30)))
     assert (info.ended_at, info.duration_s) == (T0 + 8, 3.0)
     ringing_events = ringing()
-    info = calls.fold(then(ringing_events, calls.interrupted(ringing_events)))
-    assert (info.reason, info.ended_at, info.duration_s) == (EndReason.RELAY_RESTART, T0, 0.0)
+    info = calls.fold(then(ringing_events, calls.interrupted(ringing_events, T0 + 20)))
+    assert (info.reason, info.ended_at, info.duration_s) == (EndReason.RELAY_RESTART, T0 + 20, 0.0)
 
 
 def test_a_clock_stepping_back_never_dates_an_event_earlier() -> None:

@@ -358,7 +358,8 @@ async def test_bots_ring_answer_decline_and_history_survives_restart(tmp_path: P
 
 async def test_calls_for_an_unreachable_relay_is_a_one_line_error() -> None:
     code, _, err = await run("calls", "r", "--server", f"ws://127.0.0.1:{free_port()}/ws")
-    assert code == 1 and err.startswith("callbot: error: cannot read call history"), err
+    assert code == 1 and err.startswith("callbot: error: cannot reach the relay at"), err
+    assert err.count("\n") == 1, err
 
 
 def test_bench_resilience_prints_recovery_times_as_json() -> None:

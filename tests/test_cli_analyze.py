@@ -147,11 +147,11 @@ async def test_analyze_refuses_bad_input(tmp_path: Path) -> None:
     for pattern, size in (("32x24", "32x24"), ("321x240,rec,3", "321x240")):
         code, _, err = await run(*CALLBOT, "analyze", "x.mkv", "--pattern", pattern)
         assert code == 2 and "Traceback" not in err, err
-        assert f"--pattern: pattern sides must be even and at least 64, got {size}" in err, err
+        assert f"--pattern: pattern sides must be even, from 64 to 4096, got {size}" in err, err
     code, _, err = await run(*CALLBOT, "analyze", "x.mkv", "--pattern", "320x240,rec,3,0")
     assert code == 2 and "--pattern: fps '0': must be a finite number" in err, err
     code, _, err = await run(*CALLBOT, "probe", "room", "--pattern-size", "48x48")
-    assert code == 2 and "--pattern-size: pattern sides must be even and at least 64" in err, err
+    assert code == 2 and "--pattern-size: pattern sides must be even, from 64 to 4096" in err, err
 
     text = tmp_path / "notes.mkv"
     text.write_text("not a video")

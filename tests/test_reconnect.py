@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,14 +17,17 @@ from aiortc.mediastreams import MediaStreamError
 from media import PatternVideoTrack, read_stamp
 from peer import (
     Backoff,
+    Call,
     ConfigError,
     ConnectionState,
     LinkState,
+    Mode,
     Participant,
     ParticipantConfig,
     RemoteTrack,
 )
 from signaling_server import ServerSettings, start_server
+from signaling_server.protocol import CallStatus, EndReason
 
 
 def test_backoff_doubles_from_100_ms_to_a_10_s_cap_with_full_jitter() -> None:
@@ -222,3 +226,118 @@ async def test_a_call_that_ended_while_away_is_seen_ended_after_resuming() -> No
             await _until(lambda: b.connection.connected)
             assert b.calls[call.call_id].status.value == "ended"
             assert b.calls[call.call_id].info.reason == call.info.reason
+
+
+async def _ringing(me: Participant) -> Call:
+    async with asyncio.timeout(20):
+        async for call in me.incoming_calls():
+            return call
+    raise AssertionError("no incoming call")
+
+
+@pytest.mark.parametrize("secret", [None, "a-secret-of-sixteen-chars"], ids=["new-ids", "same-ids"])
+async def test_calls_a_relay_forgot_in_a_restart_end_relay_restart(secret: str | None) -> None:
+    """No --db: the restarted relay knows nothing of the call. Without a secret the bots come
+    back as new peers; with one they keep their ids, but the call is gone either way. Their
+    mirrors must end (no call_state ever will), so waits return and the bots can be called."""
+    port = _free_port()
+    settings = ServerSettings(host="127.0.0.1", port=port, secret=secret)
+    fast = Backoff(first_s=0.05, cap_s=0.3)
+    cfg = {"room": "r", "server_url": f"ws://127.0.0.1:{port}/ws", "reconnect": fast,
+           "mode": Mode.CALL}  # fmt: skip
+    video = PatternVideoTrack(width=160, height=120, fps=15)
+    relay = start_server(settings)
+    await relay.__aenter__()
+    try:
+        async with (
+            Participant(ParticipantConfig(name="boss", **cfg), video=video) as boss,  # type: ignore[arg-type]
+            Participant(ParticipantConfig(name="desk", **cfg)) as desk,  # type: ignore[arg-type]
+        ):
+            await boss.wait_for_peers(["desk"])
+            call = await boss.start_call([desk.peer_id])
+            answered = await _ringing(desk)
+            await answered.accept()
+            await desk.wait_connected(1)  # call mode: media only once in the call
+            hangups = [asyncio.create_task(c.wait_alone_or_ended()) for c in (call, answered)]
+            ids = (boss.peer_id, desk.peer_id)
+            await relay.__aexit__(None, None, None)
+            relay = start_server(settings)
+            await relay.__aenter__()
+            for hangup in hangups:
+                info = await asyncio.wait_for(hangup, 30)  # no phantom call
+                assert (info.status, info.reason) == (CallStatus.ENDED, EndReason.RELAY_RESTART)
+                assert info.duration_s is not None and info.duration_s > 0
+            assert boss.active_call is None and desk.active_call is None
+            assert ((boss.peer_id, desk.peer_id) == ids) is (secret is not None)
+            await _until(lambda: boss.link(desk.peer_id) is None)  # its media ended with it
+            # Nobody is stuck in the old call: a new one rings and is answered.
+            await boss.wait_for_peers([desk.peer_id])
+            again = await boss.start_call([desk.peer_id])
+            await (await _ringing(desk)).accept()
+            await again.wait_for(CallStatus.ACTIVE)
+            await desk.wait_connected(1)
+    finally:
+        await relay.__aexit__(None, None, None)
+        video.stop()
+
+
+async def test_a_call_and_its_media_survive_a_relay_restart_with_its_database(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    settings = ServerSettings(host="127.0.0.1", port=port, db_path=str(tmp_path / "relay.db"))
+    fast = Backoff(first_s=0.05, cap_s=0.3)
+    cfg = {"room": "r", "server_url": f"ws://127.0.0.1:{port}/ws", "reconnect": fast,
+           "mode": Mode.CALL}  # fmt: skip
+    video = PatternVideoTrack(width=160, height=120, fps=30)
+    relay = start_server(settings)
+    await relay.__aenter__()
+    try:
+        async with (
+            Participant(ParticipantConfig(name="boss", **cfg), video=video) as boss,  # type: ignore[arg-type]
+            Participant(ParticipantConfig(name="desk", **cfg)) as desk,  # type: ignore[arg-type]
+        ):
+            await boss.wait_for_peers(["desk"])
+            call = await boss.start_call([desk.peer_id])
+            answered = await _ringing(desk)
+            await answered.accept()
+            track: RemoteTrack = await asyncio.wait_for(anext(aiter(desk.tracks())), 20)
+            numbers: list[int] = []
+
+            async def read() -> None:
+                with contextlib.suppress(MediaStreamError):
+                    while True:
+                        stamp = await asyncio.to_thread(read_stamp, await track.recv())
+                        if stamp is not None:
+                            numbers.append(stamp.frame_number)
+
+            reader = asyncio.create_task(read())
+            await _until(lambda: len(numbers) >= 5)
+            ids = (boss.peer_id, desk.peer_id)
+            await relay.__aexit__(None, None, None)
+            await _until(lambda: not desk.connection.connected)
+            during = len(numbers)
+            await _until(lambda: len(numbers) >= during + 10)  # media does not need the relay
+            relay = start_server(settings)
+            await relay.__aenter__()
+            await _until(lambda: boss.connection.connected and desk.connection.connected)
+            assert (boss.peer_id, desk.peer_id) == ids
+            after = len(numbers)
+            await _until(lambda: len(numbers) >= after + 10)
+            # The call never ended: not on either side, not on the relay.
+            assert call.status is CallStatus.ACTIVE and answered.status is CallStatus.ACTIVE
+            assert desk.link(boss.peer_id) is not None and numbers == sorted(numbers)
+            # It ends as calls do: boss hangs up, desk is alone and leaves: last_left.
+            desk_alone = asyncio.create_task(answered.wait_alone_or_ended())
+            await call.leave()
+            assert (await asyncio.wait_for(desk_alone, 20)).participants == [desk.peer_id]
+            await answered.leave()
+            info = await call.wait_ended()
+            assert info.reason is EndReason.LAST_LEFT
+            assert info.answered_at is not None and info.duration_s is not None
+            assert info.ended_at is not None and info.ended_at >= time.time() - 30
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+    finally:
+        await relay.__aexit__(None, None, None)
+        video.stop()

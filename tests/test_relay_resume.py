@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,8 +18,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from signaling_server import ServerSettings, create_app
+from signaling_server import ServerSettings, calls, create_app
 from signaling_server.handlers import CLOSE_REPLACED, HUB_KEY, Hub
+from signaling_server.protocol import CallStatus, EndReason
 from signaling_server.resume import ResumeTokens, load_or_create_secret
 from signaling_server.settings import DEFAULT_RESUME_GRACE_S
 
@@ -289,6 +291,153 @@ async def test_a_configured_secret_resumes_across_restarts_without_a_database() 
         fresh = await connect()
         welcome = await fresh.join("r", resume_token=token)
         assert welcome["resumed"] is False and welcome["peer_id"] != peer_id
+
+
+async def _start_call(caller: Client, *targets: Client) -> str:
+    """``caller`` rings ``targets``; every frame that says so is read; the call id."""
+    await caller.send(type="start_call", targets=[t.peer_id for t in targets], id="s")
+    frame = await caller.expect("call_state", event="call_started", ref="s")
+    for target in targets:
+        await target.expect("incoming_call", call_id=frame["call"]["call_id"])
+        await target.expect("call_state", event="call_started")
+    return str(frame["call"]["call_id"])
+
+
+async def _accept(target: Client, call_id: str, *involved: Client) -> dict[str, Any]:
+    await target.send(type="accept_call", call_id=call_id)
+    frame: dict[str, Any] = {}
+    for client in involved:
+        frame = await client.expect(
+            "call_state", event="participant_joined", peer_id=target.peer_id
+        )
+    return frame
+
+
+async def test_an_active_call_survives_a_restart_when_its_members_resume(tmp_path: Path) -> None:
+    db = str(tmp_path / "relay.db")
+    async with relay(db_path=db, resume_grace_s=LONG_GRACE_S) as (connect, hub, _):
+        a, b = await _joined(connect, "r", "alice", "bob")
+        call_id = await _start_call(a, b)
+        answered = (await _accept(b, call_id, a, b))["call"]["answered_at"]
+        tokens = [await _token_of(hub, c.peer_id) for c in (a, b)]
+        await asyncio.sleep(0.3)  # the call runs a while before the relay goes
+        readers = watch_close(a, b)
+        await asyncio.sleep(0.05)
+    await closed_going_away(readers)
+    async with relay(db_path=db, resume_grace_s=LONG_GRACE_S) as (connect, hub, _):
+        restarted = time.time()
+        assert hub.calls.live_count == 1  # restored at start, not ended relay_restart
+        a2 = await resume(connect, "r", tokens[0])
+        b2 = await resume(connect, "r", tokens[1])
+        await a2.expect("peer_joined", peer_id=b2.peer_id)
+        assert (a2.peer_id, b2.peer_id) == (a.peer_id, b.peer_id)
+        # Still in the call: busy for a new one, and its members hear its events.
+        await a2.send(type="start_call", targets=[b2.peer_id], id="again")
+        error = await a2.expect_error("invalid_transition", ref="again")
+        assert error["message"].startswith(f"busy: already in call {call_id}")
+        await b2.send(type="leave_call", call_id=call_id, id="bye")
+        frame = await b2.expect("call_state", event="participant_left", ref="bye")
+        assert frame["call"]["status"] == "active"
+        assert frame["call"]["participants"] == [a.peer_id]
+        await a2.expect("call_state", event="participant_left", peer_id=b.peer_id)
+        await a2.send(type="leave_call", call_id=call_id)
+        for client in (a2, b2):
+            await client.expect("call_state", event="participant_left", peer_id=a.peer_id)
+            frame = await client.expect("call_state", event="call_ended")
+            call = frame["call"]
+            assert call["reason"] == "last_left"
+            assert call["answered_at"] == answered and call["ended_at"] >= restarted
+            assert call["duration_s"] == pytest.approx(call["ended_at"] - answered)
+
+
+def _close_the_window(hub: Hub) -> None:
+    """End the resume window of restored calls now: the test, not the machine's speed, decides
+    that everyone who was coming back is back."""
+    window = hub.calls._window
+    assert window is not None and not window.cancelled()
+    window.cancel()
+    hub.calls._later(hub.calls._window_over)
+
+
+async def test_who_does_not_come_back_in_time_leaves_a_restored_call(tmp_path: Path) -> None:
+    db = str(tmp_path / "relay.db")
+    async with relay(db_path=db, resume_grace_s=LONG_GRACE_S) as (connect, hub, _):
+        a, b, c, d, e, f = await _joined(connect, "r", "a", "b", "c", "d", "e", "f")
+        active = await _start_call(a, b, c)
+        await _accept(b, active, a, b, c)
+        await _accept(c, active, a, b, c)
+        ringing = await _start_call(d, e, f)
+        tokens = {x.peer_id: await _token_of(hub, x.peer_id) for x in (a, b, d, e)}
+        readers = watch_close(a, b, c, d, e, f)
+        await asyncio.sleep(0.05)
+    await closed_going_away(readers)
+    async with relay(db_path=db, resume_grace_s=LONG_GRACE_S) as (connect, hub, _):
+        a2, b2, d2, e2 = [await resume(connect, "r", tokens[x.peer_id]) for x in (a, b, d, e)]
+        _close_the_window(hub)
+        # c and f never came back: they leave like any departed peer.
+        for client in (a2, b2):
+            frame = await _call_state(client, "participant_left")
+            assert frame["peer_id"] == c.peer_id
+            assert frame["call"]["status"] == "active"
+            assert frame["call"]["participants"] == [a.peer_id, b.peer_id]
+        for client in (d2, e2):
+            frame = await _call_state(client, "call_declined")
+            assert frame["peer_id"] == f.peer_id and frame["call"]["status"] == "ringing"
+        # The ringing call still rings the one who came back, and can be answered.
+        await e2.send(type="accept_call", call_id=ringing, id="yes")
+        frame = await _call_state(e2, "participant_joined")
+        assert frame["call"]["status"] == "active"
+        assert hub.calls.live_count == 2
+
+
+async def test_a_restored_call_nobody_comes_back_to_ends_when_the_relay_stopped(
+    tmp_path: Path,
+) -> None:
+    db = str(tmp_path / "relay.db")
+    async with relay(db_path=db, resume_grace_s=LONG_GRACE_S) as (connect, hub, _):
+        a, b = await _joined(connect, "r", "a", "b")
+        call_id = await _start_call(a, b)
+        answered = (await _accept(b, call_id, a, b))["call"]["answered_at"]
+        await asyncio.sleep(0.3)
+        readers = watch_close(a, b)
+        stopping = time.time()
+    stopped = time.time()
+    await closed_going_away(readers)
+    async with relay(db_path=db, resume_grace_s=LONG_GRACE_S) as (connect, hub, _):
+        (watcher,) = await _joined(connect, "r", "someone else")
+        _close_the_window(hub)
+        await until(lambda: hub.calls.live_count == 0)
+        info = calls.fold(await hub.calls.store.events(call_id))
+        assert (info.status, info.reason) == (CallStatus.ENDED, EndReason.RELAY_RESTART)
+        assert info.ended_at is not None and stopping <= info.ended_at <= stopped
+        assert info.duration_s == pytest.approx(info.ended_at - answered)
+        await watcher.expect_quiet(0.05)  # not involved: hears nothing
+
+
+async def _call_state(client: Client, event: str) -> dict[str, Any]:
+    """The next ``call_state`` for ``event``, skipping the roster news of peers coming back."""
+    while (frame := await client.recv())["type"] == "peer_joined":
+        pass
+    assert frame["type"] == "call_state" and frame["event"] == event, frame
+    return frame
+
+
+async def test_a_restored_ringing_call_still_times_out(tmp_path: Path) -> None:
+    db = str(tmp_path / "relay.db")
+    settings = {"db_path": db, "resume_grace_s": LONG_GRACE_S, "ring_timeout_s": 1.0}
+    async with relay(**settings) as (connect, hub, _):
+        a, b = await _joined(connect, "r", "a", "b")
+        call_id = await _start_call(a, b)
+        readers = watch_close(a, b)
+        await asyncio.sleep(0.05)
+    await closed_going_away(readers)
+    async with relay(**settings) as (connect, hub, _):
+        # Nobody comes back (the window outlasts the test): the ring time runs out all the same.
+        await until(lambda: hub.calls.live_count == 0)
+        info = calls.fold(await hub.calls.store.events(call_id))
+        assert (info.status, info.reason) == (CallStatus.ENDED, EndReason.NO_ANSWER)
+        assert info.ended_at is not None
+        assert info.ended_at - info.started_at >= 1.0 * 0.9  # its ring time, not less
 
 
 def test_the_database_secret_is_made_once_and_kept(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -212,10 +213,21 @@ async def test_history_newest_first_with_pagination(relay_api: tuple[RunningServ
         error(status, body, 404, "call_not_found")
 
 
-async def test_history_survives_a_restart_and_unfinished_calls_end_relay_restart(
+async def _ended(api: Api, call_id: str) -> dict[str, Any]:
+    """The call once the relay has ended it (a restored call waits for its members first)."""
+    async with asyncio.timeout(20):
+        while True:
+            status, body = await api.call("GET", f"/calls/{call_id}")
+            assert status == 200, body
+            if body["call"]["status"] == "ended":
+                return dict(body)
+            await asyncio.sleep(0.05)
+
+
+async def test_history_survives_a_restart_and_a_call_nobody_resumes_ends_relay_restart(
     tmp_path: Path,
 ) -> None:
-    settings = ServerSettings(port=0, db_path=str(tmp_path / "calls.db"))
+    settings = ServerSettings(port=0, db_path=str(tmp_path / "calls.db"), resume_grace_s=0.3)
     async with aiohttp.ClientSession() as session, start_server(settings) as running:
 
         async def connect() -> Client:
@@ -230,22 +242,27 @@ async def test_history_survives_a_restart_and_unfinished_calls_end_relay_restart
         live = await ring(c, d)
         await d.send(type="accept_call", call_id=live)
         joined = await everyone((c, d), "participant_joined")
+        await asyncio.sleep(0.2)  # the call runs for a while before the relay stops
+        stopping = time.time()
         # Leaving the block stops the relay gracefully, the call active, its peers connected.
-    # A new relay on the same file.
+    stopped = time.time()
+    # A new relay on the same file. Nobody comes back to the call within the resume window.
     async with start_server(settings) as running, aiohttp.ClientSession() as http:
         api = Api(http, running.http_url)
+        body = await _ended(api, live)
         status, page = await api.history("r")
         assert status == 200
         first, second = page["calls"]
-        assert first["call_id"] == live
-        assert first["status"] == "ended"
+        assert first == body["call"]
         assert first["reason"] == "relay_restart"
         assert first["participants"] == [c.peer_id, d.peer_id]
-        assert first["ended_at"] == joined["call"]["answered_at"]  # its last stored event
-        assert first["duration_s"] == 0
+        # Ended when the old relay stopped (its shutdown stamp), not at its last event.
+        assert stopping <= first["ended_at"] <= stopped
+        answered = joined["call"]["answered_at"]
+        assert first["duration_s"] == pytest.approx(first["ended_at"] - answered)
+        assert first["duration_s"] >= 0.2
         assert (second["call_id"], second["reason"]) == (done, "ended")
         assert second["duration_s"] >= 0
-        status, body = await api.call("GET", f"/calls/{live}")
         assert [e["event"] for e in body["events"]] == [
             "call_started",
             "participant_joined",
@@ -284,11 +301,10 @@ async def test_calls_found_unfinished_in_the_file_end_relay_restart(tmp_path: Pa
                 )
             ]
         )
-    settings = ServerSettings(port=0, db_path=str(path))
+    settings = ServerSettings(port=0, db_path=str(path), resume_grace_s=0)
     async with start_server(settings) as running, aiohttp.ClientSession() as http:
-        status, body = await Api(http, running.http_url).call("GET", "/calls/c_crash")
-        assert status == 200
-        assert body["call"]["status"] == "ended"
+        # No sign of life after its last event: the call ends there (a lower bound).
+        body = await _ended(Api(http, running.http_url), "c_crash")
         assert body["call"]["reason"] == "relay_restart"
         assert (body["call"]["ended_at"], body["call"]["duration_s"]) == (103.0, 0.0)
         # The restarted relay starts a fresh call in the same room normally.
@@ -297,6 +313,23 @@ async def test_calls_found_unfinished_in_the_file_end_relay_restart(tmp_path: Pa
             await ring(a, b)
             _, page = await Api(http, running.http_url).history("r")
             assert [c["status"] for c in page["calls"]] == ["ringing", "ended"]
+
+
+async def test_a_crashed_relays_call_ends_at_its_last_liveness_stamp(tmp_path: Path) -> None:
+    """The relay stamps the store while calls are live: a crash loses at most one interval."""
+    path = tmp_path / "crashed.db"
+    started = Event(call_id="c_crash", room="r", seq=1, kind=CallEvent.CALL_STARTED, at=100.0,
+                    peer_id="p_a", targets=("p_b",))  # fmt: skip
+    answered = Event(call_id="c_crash", room="r", seq=2, kind=CallEvent.PARTICIPANT_JOINED,
+                     at=103.0, peer_id="p_b")  # fmt: skip
+    async with SQLiteStore(path) as store:
+        await store.append([started])
+        await store.append([answered])
+        await store.mark_alive(160.0)
+    settings = ServerSettings(port=0, db_path=str(path), resume_grace_s=0)
+    async with start_server(settings) as running, aiohttp.ClientSession() as http:
+        body = await _ended(Api(http, running.http_url), "c_crash")
+        assert (body["call"]["ended_at"], body["call"]["duration_s"]) == (160.0, 57.0)
 
 
 async def test_concurrent_commands_are_applied_one_at_a_time(

@@ -98,6 +98,44 @@ async def test_answer_bot_sample_answers_and_records_a_call(
     assert sum(read_stamp(f, rect) is not None for f in frames) >= 10
 
 
+async def test_answer_bot_sample_skips_a_call_that_ended_while_it_was_busy(
+    relay: RunningServer, tmp_path: Path
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(SAMPLES / "answer_bot.py"), relay.ws_url, "desk", str(tmp_path),
+        "300", "2", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    video = PatternVideoTrack(width=160, height=120, label="caller")
+    first = ParticipantConfig(room="desk", server_url=relay.ws_url, name="c1", mode=Mode.CALL)
+    second = ParticipantConfig(room="desk", server_url=relay.ws_url, name="c2", mode=Mode.CALL)
+    try:
+        async with Participant(first, video=video) as c1, Participant(second) as c2:
+            bot = (await c1.wait_for_peers(["answer-bot"]))[0].peer_id
+            busy = await c1.start_call([bot])
+            await busy.wait_for(CallStatus.ACTIVE, timeout_s=60)
+            # c2 rings the busy bot, then gives up before the bot gets to it.
+            missed = await c2.start_call([bot])
+            await missed.end()
+            assert (await missed.wait_ended()).reason is EndReason.CANCELLED
+            await busy.leave()  # the bot is alone, leaves, and turns to the calls that rang
+            assert (await busy.wait_ended(timeout_s=30)).reason is EndReason.LAST_LEFT
+            later = await c2.start_call([bot])
+            await later.wait_for(CallStatus.ACTIVE, timeout_s=60)
+            await later.leave()
+            await later.wait_ended(timeout_s=30)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        video.stop()
+        async with asyncio.timeout(60):  # it exits after its two answered calls (MAX_CALLS=2)
+            out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    text = out.decode()
+    assert f"missed call {missed.call_id} (cancelled)" in text, text
+    assert f"answered call {busy.call_id}" in text and f"answered call {later.call_id}" in text
+
+
 async def test_chat_bot_sample_echoes_adds_video_and_leaves(relay: RunningServer) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(SAMPLES / "chat_bot.py"), relay.ws_url, "chat", "120",

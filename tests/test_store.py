@@ -17,9 +17,9 @@ from signaling_server.store import (
     EventStore,
     MemoryStore,
     SQLiteStore,
+    StoreError,
     decode_cursor,
     encode_cursor,
-    end_unfinished,
     open_store,
 )
 
@@ -116,22 +116,28 @@ def test_cursor_round_trip() -> None:
     assert "12345" not in encode_cursor(12345)  # opaque, not a number to tamper with
 
 
-async def test_unfinished_calls_end_relay_restart_at_their_last_event(store: EventStore) -> None:
+async def test_unfinished_calls_and_the_last_sign_of_life(store: EventStore) -> None:
     ringing = new_call("c_ring", at=T0)
     active = new_call("c_active", at=T0 + 1)
     joined = calls.accept(active, "p_b", T0 + 4)
     done = new_call("c_done", at=T0 + 2)
     for batch in (ringing, active, joined, done, calls.end(done, "p_a", T0 + 3)):
         await store.append(batch)
-    assert [evs[0].call_id for evs in await store.unfinished()] == ["c_ring", "c_active"]
-    ended = await end_unfinished(store)
-    assert [(c.call_id, c.reason, c.ended_at, c.duration_s) for c in ended] == [
-        ("c_ring", EndReason.RELAY_RESTART, T0, 0.0),
-        ("c_active", EndReason.RELAY_RESTART, T0 + 4, 0.0),
-    ]
-    assert await store.unfinished() == []
-    assert await end_unfinished(store) == []
-    assert calls.fold(await store.events("c_active")).status is CallStatus.ENDED
+    unfinished = await store.unfinished()
+    assert [evs[0].call_id for evs in unfinished] == ["c_ring", "c_active"]
+    assert unfinished[1] == [*active, *joined]
+    assert await store.last_alive() is None
+    await store.mark_alive(T0 + 5)
+    await store.mark_alive(T0 + 10)
+    assert await store.last_alive() == T0 + 10
+    await store.append(calls.interrupted(unfinished[1], T0 + 10))
+    assert [evs[0].call_id for evs in await store.unfinished()] == ["c_ring"]
+    info = calls.fold(await store.events("c_active"))
+    assert (info.status, info.reason, info.duration_s) == (
+        CallStatus.ENDED,
+        EndReason.RELAY_RESTART,
+        6.0,
+    )
 
 
 async def test_sqlite_survives_reopening(tmp_path: Path) -> None:
@@ -139,7 +145,9 @@ async def test_sqlite_survives_reopening(tmp_path: Path) -> None:
     events = new_call("c_1")
     async with SQLiteStore(path) as first:
         await first.append(events)
+        await first.mark_alive(T0 + 7)
     async with SQLiteStore(path) as second:
+        assert await second.last_alive() == T0 + 7
         assert await second.events("c_1") == events
         assert [evs[0].call_id for evs in await second.unfinished()] == ["c_1"]
         page = await second.calls("r", limit=10)
@@ -185,8 +193,23 @@ async def test_sqlite_refuses_an_unknown_schema(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 99")
     store = SQLiteStore(path)
-    with pytest.raises(RuntimeError, match="schema 99"):
+    with pytest.raises(StoreError, match=f"cannot open call database {path}: .*schema 99"):
         await store.open()
+    await store.aclose()
+
+
+@pytest.mark.parametrize("what", ["missing directory", "a directory", "not a database"])
+async def test_sqlite_refuses_a_bad_path_with_one_clear_error(tmp_path: Path, what: str) -> None:
+    path = {
+        "missing directory": tmp_path / "nope" / "calls.db",
+        "a directory": tmp_path,
+        "not a database": tmp_path / "text.db",
+    }[what]
+    (tmp_path / "text.db").write_text("hello, this is not SQLite\n" * 100)
+    store = SQLiteStore(path)
+    with pytest.raises(StoreError, match=f"^cannot open call database {path}: ") as info:
+        await store.open()
+    assert info.value.__cause__ is None and "\n" not in str(info.value)
     await store.aclose()
 
 
