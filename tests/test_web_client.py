@@ -239,7 +239,8 @@ async def test_call_mode_links_only_during_a_call(
 
 async def test_pages_resume_after_a_relay_restart(browser_net: BrowserNet, tmp_path: Path) -> None:
     """The relay goes away (1001) and comes back on the same address: both pages reconnect,
-    resume their peer ids with their resume tokens, and their media link never stops."""
+    resume their peer ids with their resume tokens, and their media link never stops; the call
+    they were in, which the relay (no database) forgot, ends for them as relay_restart."""
     settings = ServerSettings(host=browser_net.host_addr, port=0, secret="s" * 32)
     async with contextlib.AsyncExitStack() as stack:
         first = contextlib.AsyncExitStack()
@@ -254,6 +255,13 @@ async def test_pages_resume_after_a_relay_restart(browser_net: BrowserNet, tmp_p
         )
         alice, alice_id, bob, bob_id = await join_pair(chromium, relay, "resume")
         before = await wait_media(bob, alice_id)
+        # An answered call, which the restarted relay (no database) will not know.
+        call_id = await alice.evaluate(f"window.callbot.startCall([{json.dumps(bob_id)}])")
+        call = f"window.callbot.calls().find(c => c.callId === {json.dumps(call_id)})"
+        await bob.wait_for(f"{call}?.status === 'ringing'")
+        assert await bob.evaluate(f"window.callbot.accept({json.dumps(call_id)})") == "active"
+        for page in (alice, bob):
+            await page.wait_for(f"{call}?.status === 'active'")
         # A rebuilt link would show in a new tile (and video element): mark the current ones.
         mark = "document.querySelector('.remote video').dataset.mark"
         for page in (alice, bob):
@@ -280,4 +288,8 @@ async def test_pages_resume_after_a_relay_restart(browser_net: BrowserNet, tmp_p
                 {"peerId": other, "name": name, "connectionState": "connected", "tracks": 2}
             ]
             assert await page.evaluate(mark) == "before"
+            # The forgotten call is over for the page too (not left active for ever).
+            assert await page.wait_for(f"{call}?.status === 'ended' && {call}.reason") == (
+                "relay_restart"
+            )
         await assert_no_page_errors(alice, bob)

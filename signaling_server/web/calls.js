@@ -46,11 +46,28 @@ export class CallView {
 
   /** After a resume: calls may have changed while we were away (their call_state was dropped). */
   async resync(room) {
-    const response = await fetch(`/rooms/${encodeURIComponent(room)}/calls?limit=20`);
+    const limit = 100; // the relay's largest page
+    const response = await fetch(`/rooms/${encodeURIComponent(room)}/calls?limit=${limit}`);
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const me = this.#me();
-    for (const call of (await response.json()).calls.reverse()) {
+    const history = (await response.json()).calls;
+    const listed = new Set();
+    for (const call of history.reverse()) {
+      listed.add(call.call_id);
       if (call.started_by === me || call.targets.includes(me)) this.#calls.set(call.call_id, call);
+    }
+    // A call we still hold open that the history does not list: with a short history the relay
+    // does not know it (restarted without its database), so it is over for us too; with a full
+    // page it may just be older, so ask for it alone.
+    for (const call of [...this.#calls.values()]) {
+      if (call.status === "ended" || listed.has(call.call_id)) continue;
+      let known = null;
+      if (history.length === limit) {
+        const one = await fetch(`/calls/${encodeURIComponent(call.call_id)}`);
+        if (one.ok) known = (await one.json()).call;
+        else if (one.status !== 404) throw new Error(`HTTP ${one.status}`);
+      }
+      this.#calls.set(call.call_id, known ?? { ...call, status: "ended", reason: "relay_restart" });
     }
     this.#onChange();
   }
