@@ -131,6 +131,10 @@ class _TrackClock:
         self._last_time: float | None = None  # where the previous frame landed
         self._last_step = 0.0  # the gap before it: the track's frame interval, roughly
 
+    def anchor(self, time_s: float, media: float) -> None:
+        """Place the frame with pts ``media`` at ``time_s`` (and the others from there)."""
+        self._anchor = (time_s, media)
+
     def time_of(self, frame: av.VideoFrame | av.AudioFrame, arrival: float) -> float:
         if frame.pts is None or frame.time_base is None:
             return arrival
@@ -269,6 +273,8 @@ class Writer:
             or (self.want_audio and "audio" not in self._seen)
             or (self.want_video and self.fps is None and self._video_rate(final=False) is None)
             or (self.timeline is not None and self.timeline() is None)
+            # On a timeline without a clock: a second of frames to tell when the first was due.
+            or (self.timeline is not None and self.clock is None and self._span() < 1.0)
         )
         if waiting and time.monotonic() - self._started_at < _HEADER_TIMEOUT_S:
             return
@@ -282,6 +288,10 @@ class Writer:
 
     def _first_audio(self) -> av.AudioFrame | None:
         return next((f for _, f, _ in self._pending if isinstance(f, av.AudioFrame)), None)
+
+    def _span(self) -> float:
+        arrivals = [arrival for _, frame, arrival in self._pending if frame is not None]
+        return arrivals[-1] - arrivals[0] if arrivals else 0.0
 
     def _video_rate(self, *, final: bool) -> float | None:
         """The pending video's frame rate once it spans ``_RATE_WINDOW_S`` (or ``final``).
@@ -323,14 +333,40 @@ class Writer:
         for track_clock in self._clocks.values():
             track_clock.origin = origin
 
+    def _pin_on_time(self) -> None:
+        """Arrival mode, on a timeline: 0 s is when the first frame was due, not when it came.
+
+        The first frames of a call often come late (decoder start, a starved machine) and
+        the next ones catch up. Anchored to the first arrival, the whole file would sit that
+        much too late on the timeline (up to ``_RESYNC_S``). Each track's first frame is
+        placed instead where the promptest pending frame says it was due: its arrival minus
+        how far its pts are past the first frame's.
+        """
+        due: dict[Kind, tuple[float, float]] = {}  # kind -> (due time, pts) of its first frame
+        for kind in ("video", "audio"):
+            timed = [
+                (arrival, media)
+                for k, frame, arrival in self._pending
+                if k == kind and (media := _media_time(frame)) is not None
+            ]
+            if timed:
+                first = timed[0][1]
+                due[kind] = (min(a - max(0.0, m - first) for a, m in timed), first)
+        arrivals = [arrival for _, _, arrival in self._pending]
+        if not due:
+            self._t0 = min(arrivals) if arrivals else time.monotonic()
+            return
+        self._t0 = min(at for at, _ in due.values())
+        for kind, (at, first) in due.items():
+            self._clocks[kind].anchor(at - self._t0, first)
+
     def _open_streams(self) -> None:
         self._headers = True
         if self.clock is not None:
             self._pin_origin()
         elif self.timeline is not None:
             # Pinned now, not at the first write: the offset tag must hold for the whole file.
-            arrivals = [arrival for _, _, arrival in self._pending]
-            self._t0 = min(arrivals) if arrivals else time.monotonic()
+            self._pin_on_time()
         if self.timeline is not None and self._t0 is not None:
             zero = self.timeline()
             if zero is not None:

@@ -691,3 +691,55 @@ async def test_unknown_rate_is_declared_from_the_video_and_the_offset_is_tagged(
     assert rate == round(1 / float(np.median(steps)))  # what the frames do, at their start
     assert float(tags["CALLBOT_OFFSET"]) == pytest.approx(origin - zero, abs=0.002)
     assert 5.0 <= float(tags["CALLBOT_OFFSET"]) < 5.0 + 90
+
+
+class _LateStart(MediaStreamTrack):
+    """30 fps pattern whose first frame comes ``late_s`` after it was due; the following
+    frames catch up as fast as they can, then keep their schedule (a call's first frames)."""
+
+    kind = "video"
+
+    def __init__(self, late_s: float) -> None:
+        super().__init__()
+        self._pattern = PatternVideoTrack(width=160, height=120, fps=30)
+        self._late = late_s
+        self._n = 0
+        self.first_due: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.first_due is None:
+            self.first_due = time.monotonic()
+            await asyncio.sleep(self._late)
+        else:
+            await asyncio.sleep(max(0.0, self.first_due + self._n / 30 - time.monotonic()))
+        frame = self._pattern.render(self._n)
+        frame.pts, frame.time_base = self._n * 3000, fractions.Fraction(1, 90000)
+        self._n += 1
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._pattern.stop()
+
+
+async def test_a_late_first_frame_does_not_shift_the_file_on_its_timeline(tmp_path: Path) -> None:
+    """The offset tag is when the first frame was due, not when it came: otherwise a split
+    file of a slow-starting sender would sit that much too late in a recomposite."""
+    path = tmp_path / "late.mkv"
+    zero = time.monotonic() - 1.0
+    track = _LateStart(late_s=0.6)
+    async with Recorder(path, video=track, fps=None, timeline=lambda: zero) as rec:
+        await _until(lambda: rec.video_frames >= 45)
+    track.stop()
+    assert track.first_due is not None
+
+    def probe() -> tuple[dict[str, str], list[tuple[float, int | None]]]:
+        with av.open(str(path)) as container:
+            tags = dict(container.metadata)
+        return tags, _decode(path)[0]
+
+    tags, video = await asyncio.to_thread(probe)
+    # Due 1.0 s into the timeline; it came at 1.6 s. (Slack: a loaded machine's late sleeps.)
+    assert float(tags["CALLBOT_OFFSET"]) == pytest.approx(track.first_due - zero, abs=0.15)
+    # Every frame at its own pts from the first one: the catch-up burst is not squashed.
+    assert all(t == pytest.approx(n / 30, abs=0.002) for t, n in video if n is not None)
