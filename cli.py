@@ -355,8 +355,8 @@ class CallRecorder:
             peer.split_session = "" if n == 1 else f"-{n}"
         name = f"{stem}-{kind}{peer.split_session}{ext}"
         n = 2
-        while name in taken:  # a second track of one kind in one session
-            name, n = f"{stem}-{kind}{peer.split_session}-{n}{ext}", n + 1
+        while name in taken:  # a second track of one kind in one stay: not a pair's half
+            name, n = f"{stem}-{kind}{peer.split_session}.{n}{ext}", n + 1
         return self._split_dir / name
 
     async def _start_split(self, peer: _Peer, kind: str, ring: MediaStreamTrack) -> None:

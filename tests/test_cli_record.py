@@ -394,3 +394,26 @@ async def test_a_recording_cancelled_as_it_starts_leaves_no_broken_file(
     assert summary.line().startswith("recorded nothing (stopped before any media; no file"), (
         summary.line()
     )
+
+
+async def test_split_file_names_pair_up_per_stay(tmp_path: Path) -> None:
+    """One number per stay of a participant, so composite pairs a stay's video and audio; a
+    second track of one kind in a stay is named so that it pairs with nothing."""
+    from cli import _Peer
+
+    recorder = CallRecorder(tmp_path / "r.mkv", size=(64, 48), fps=5, split_dir=tmp_path)
+
+    def add(peer: _Peer, kind: str) -> str:
+        path = recorder._split_path(peer, kind)
+        recorder._split_paths.append(path)
+        return path.name
+
+    first = _Peer("alice")  # audio only
+    assert add(first, "audio") == "alice-audio.mka"
+    second = _Peer("alice")  # came back, with video this time
+    assert add(second, "video") == "alice-video-2.mkv"
+    assert add(second, "audio") == "alice-audio-2.mka"
+    assert add(second, "video") == "alice-video-2.2.mkv"
+    assert add(_Peer("bob 1f2e"), "video") == "bob_1f2e-video.mkv"
+    summary = await recorder.aclose()
+    assert summary.info.empty
