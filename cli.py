@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -45,7 +46,7 @@ from media import (
     ToneAudioTrack,
 )
 from media.analysis import PatternSpec, TrackProbe, VideoAnalyzer, VideoSummary
-from media.offline import CompositeJob
+from media.offline import MIN_FPS, CompositeJob
 from media.recorder import VideoCodec
 from media.report import (
     WORST_FRAMES,
@@ -82,6 +83,7 @@ EXIT_ERROR = 1
 EXIT_SIGNALLED = 128 + signal.SIGTERM
 #: How long a call command that lost the relay waits for it before trying again.
 RELAY_BACK_S = 30.0
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 LOG_FORMATS = ["text", "json"]
 PATTERN_MIN_SIDE = 64  # PatternVideoTrack's smallest frame
@@ -140,9 +142,11 @@ def _positive(text: str) -> float:
 
 
 def _fps(text: str) -> float:
+    """A frame rate from 1 to 120: below 1 fps a frame stands for so much time that a
+    composite's progress stalls and a recording's canvas barely moves."""
     value = _positive(text)
-    if value > 120:
-        raise argparse.ArgumentTypeError("must be at most 120")
+    if not MIN_FPS <= value <= 120:
+        raise argparse.ArgumentTypeError(f"must be between {MIN_FPS:g} and 120")
     return value
 
 
@@ -192,14 +196,26 @@ async def _sources(specs: Sequence[str], label: str) -> AsyncIterator[dict[str, 
 class RecordingSummary:
     info: RecordingInfo
     fps: dict[str, float]
+    """Video arrival rate per participant that sent video."""
+    audio: frozenset[str] = frozenset()
+    """Participants that sent audio."""
     split: tuple[Path, ...] = ()
 
     def line(self) -> str:
-        rates = ", ".join(f"{name} {fps:.1f} fps" for name, fps in sorted(self.fps.items()))
-        text = (
-            f"recorded {self.info.video_frames} frames ({self.info.duration_s:.1f} s) "
-            f"to {self.info.path}; received: {rates or 'nothing'}"
-        )
+        parts = []
+        for name in sorted(self.fps.keys() | self.audio):
+            video = f"{self.fps[name]:.1f} fps" if name in self.fps else ""
+            audio = "audio" if name in self.audio else ""
+            parts.append(f"{name} {' + '.join(filter(None, (video, audio)))}")
+        if self.info.empty:
+            path = self.info.path
+            text = f"recorded nothing (stopped before any media; no file written to {path})"
+        else:
+            text = (
+                f"recorded {self.info.video_frames} frames ({self.info.duration_s:.1f} s) "
+                f"to {self.info.path}"
+            )
+        text += f"; received: {', '.join(parts) or 'nothing'}"
         if self.split:
             text += f"; {len(self.split)} per-track files in {self.split[0].parent}"
         return text
@@ -212,11 +228,12 @@ def _file_safe(text: str) -> str:
 class _Peer:
     """A remote participant as the recording sees it: one tile, one mixer input, its tracks."""
 
-    __slots__ = ("key", "tracks")
+    __slots__ = ("key", "split_session", "tracks")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.tracks: list[RemoteTrack] = []
+        self.split_session: str | None = None  # "" or "-N": its per-track files' suffix
 
 
 class CallRecorder:
@@ -225,8 +242,10 @@ class CallRecorder:
     Video and audio run on one :class:`MediaClock`, so the recorder lines them up from
     timestamps. A participant gets a tile (a placeholder until its video arrives) from its
     first track until all its tracks end. With ``split_dir`` every remote track is also
-    written to its own file there (``NAME-video.mkv`` / ``NAME-audio.mka``), re-encoded from
-    the decoded frames.
+    written to its own file there (``NAME-video.mkv`` / ``NAME-audio.mka``; a participant's
+    next session ``NAME-video-2.mkv`` / ``NAME-audio-2.mka``), re-encoded from the decoded
+    frames, each tagged with where it starts in the room recording (``composite`` puts the
+    files of one participant in one tile, at that place).
     """
 
     def __init__(
@@ -250,18 +269,22 @@ class CallRecorder:
             video=self._compositor.output,
             audio=self._mixer.output,
             fps=fps,
+            width=size[0],
+            height=size[1],
             clock=clock,
             video_codec=video_codec,
         )
         self._split_dir = split_dir
+        self._split_ready = split_dir is None
         self._video_codec = video_codec
-        self._fps = fps
         self._tasks: list[asyncio.Task[None]] = []
         self._peers: dict[str, _Peer] = {}  # by peer id, while any of its tracks is live
         self._videos: list[tuple[str, RemoteTrack]] = []
+        self._audios: set[str] = set()
         self._pumps: list[TrackPump] = []
         self._split: dict[MediaStreamTrack, Recorder] = {}
         self._split_paths: list[Path] = []
+        self._summary: RecordingSummary | None = None
 
     @property
     def recorder(self) -> Recorder:
@@ -271,16 +294,33 @@ class CallRecorder:
     def participants(self) -> int:
         return len(self._peers)
 
-    async def start(self, participant: Participant) -> None:
-        if self._split_dir is not None:
+    async def prepare(self) -> None:
+        """Create the split directory: a bad one fails before anything joins or opens."""
+        if self._split_dir is not None and not self._split_ready:
             try:
                 await asyncio.to_thread(self._split_dir.mkdir, parents=True, exist_ok=True)
             except OSError as exc:
                 raise MediaError(f"cannot create split directory {self._split_dir}: {exc}") from exc
-        await self._recorder.start()
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._feed(participant), name="callbot-record-feed"))
-        self._tasks.append(loop.create_task(self._tidy(), name="callbot-record-tidy"))
+            self._split_ready = True
+
+    async def start(self, participant: Participant) -> None:
+        """Start recording what ``participant`` receives.
+
+        If this fails or is cancelled, what it opened is closed (the file finalised) before
+        the error propagates, so a caller without a ``finally`` leaves no broken file.
+        """
+        try:
+            await self._recorder.start()  # first: a cancel from here on leaves a valid file
+            await self.prepare()
+            loop = asyncio.get_running_loop()
+            self._tasks.append(
+                loop.create_task(self._feed(participant), name="callbot-record-feed")
+            )
+            self._tasks.append(loop.create_task(self._tidy(), name="callbot-record-tidy"))
+        except BaseException:
+            with contextlib.suppress(MediaError):
+                await self.aclose()
+            raise
 
     def _key_for(self, track: RemoteTrack) -> str:
         """Tile labels must be unique, display names need not be: add the peer id's tail."""
@@ -310,25 +350,46 @@ class CallRecorder:
             pump = TrackPump(track, capacity=4 if track.kind == "video" else 25, name=key)
             self._pumps.append(pump)
             source = pump.subscribe()
-            await self._start_split(key, track.kind, pump.subscribe())
+            await self._start_split(peer, track.kind, pump.subscribe())
         if track.kind == "video":
             self._compositor.add_track(source, label=key)
             self._videos.append((key, track))
         else:
             self._mixer.add_track(source, label=key)
+            self._audios.add(key)
 
-    async def _start_split(self, key: str, kind: str, ring: MediaStreamTrack) -> None:
+    def _split_path(self, peer: _Peer, kind: str) -> Path:
+        """``NAME-KIND[-N].ext``: one ``N`` per session of a participant, so that its video
+        and audio files pair up (``composite`` groups them by these names)."""
         assert self._split_dir is not None
-        stem = _file_safe(key)
         ext = ".mkv" if kind == "video" else ".mka"
-        path = self._split_dir / f"{stem}-{kind}{ext}"
+        stem = _file_safe(peer.key)
+        taken = {p.name for p in self._split_paths}
+        if peer.split_session is None:
+            n = 1
+            while any(
+                f"{stem}-{k}{'' if n == 1 else f'-{n}'}{e}" in taken
+                for k, e in (("video", ".mkv"), ("audio", ".mka"))
+            ):
+                n += 1
+            peer.split_session = "" if n == 1 else f"-{n}"
+        name = f"{stem}-{kind}{peer.split_session}{ext}"
         n = 2
-        while path in self._split_paths:
-            path, n = self._split_dir / f"{stem}-{kind}-{n}{ext}", n + 1
+        while name in taken:  # a second track of one kind in one stay: not a pair's half
+            name, n = f"{stem}-{kind}{peer.split_session}.{n}{ext}", n + 1
+        return self._split_dir / name
+
+    async def _start_split(self, peer: _Peer, kind: str, ring: MediaStreamTrack) -> None:
+        path = self._split_path(peer, kind)
+        main = self._recorder
         if kind == "video":
-            rec = Recorder(path, video=ring, fps=self._fps, video_codec=self._video_codec)
+            # The sender's rate, not the canvas's: declared from what arrives.
+            rec = Recorder(
+                path, video=ring, fps=None, video_codec=self._video_codec,
+                timeline=lambda: main.origin,
+            )  # fmt: skip
         else:
-            rec = Recorder(path, video=None, audio=ring)
+            rec = Recorder(path, video=None, audio=ring, timeline=lambda: main.origin)
         await rec.start()
         self._split[ring] = rec
         self._split_paths.append(path)
@@ -348,11 +409,17 @@ class CallRecorder:
 
     async def _close_split(self, rec: Recorder) -> None:
         try:
-            await rec.aclose()
+            info = await rec.aclose()
         except MediaError as exc:
             logger.warning("per-track recording %s failed: %s", rec.path, exc)
+            return
+        if info.empty:  # the track ended before its first frame: no file was left
+            self._split_paths.remove(rec.path)
 
     async def aclose(self) -> RecordingSummary:
+        """Finalise every file; idempotent."""
+        if self._summary is not None:
+            return self._summary
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -370,7 +437,10 @@ class CallRecorder:
         fps: dict[str, float] = {}
         for label, track in self._videos:
             fps[label] = max(fps.get(label, 0.0), track.fps)
-        return RecordingSummary(info=info, fps=fps, split=tuple(self._split_paths))
+        self._summary = RecordingSummary(
+            info=info, fps=fps, audio=frozenset(self._audios), split=tuple(self._split_paths)
+        )
+        return self._summary
 
 
 class _Progress:
@@ -419,18 +489,35 @@ def _clock_text(seconds: float) -> str:
     return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+class _RateMeter:
+    """Output fps for the progress line: frames over the media time they span, over about
+    the last ``window_s`` of polls. Counting frames per wall-clock window aliases at low
+    rates (0.5 fps reads 0 and 1 by turns); media time says exactly how far apart they are.
+    """
+
+    def __init__(self, window_s: float = 3.0) -> None:
+        self._window = window_s
+        self._samples: collections.deque[tuple[float, int, float]] = collections.deque()
+
+    def update(self, now: float, frames: int, media_s: float) -> float:
+        """Record a poll (frames written so far, media time of the newest); the rate now."""
+        self._samples.append((now, frames, media_s))
+        while len(self._samples) > 1 and self._samples[1][0] <= now - self._window:
+            self._samples.popleft()
+        _, first_frames, first_s = self._samples[0]
+        count = frames - first_frames - (first_frames == 0)  # steps between frames
+        span = media_s - first_s
+        return count / span if count > 0 and span > 0 else 0.0
+
+
 async def _report_recording(recorder: CallRecorder, progress: _Progress) -> None:
     """Elapsed, output fps, bitrate, size and participants, twice a second."""
     started = time.monotonic()
-    last_t, last_frames = started, 0
-    fps = 0.0
+    meter = _RateMeter()
     while True:
         await asyncio.sleep(0.5)
         now = time.monotonic()
-        frames = recorder.recorder.video_frames
-        if now - last_t >= 1.0:
-            fps = (frames - last_frames) / (now - last_t)
-            last_t, last_frames = now, frames
+        fps = meter.update(now, recorder.recorder.video_frames, recorder.recorder.video_time_s)
         try:
             size = (await asyncio.to_thread(os.stat, recorder.recorder.path)).st_size
         except OSError:
@@ -450,18 +537,41 @@ class _Stopper:
     While the command waits in :func:`_until_stopped`, a signal ends that wait, so it leaves
     the way it would at the end of ``--duration``. Before that (connecting, joining), a signal
     cancels the command: its ``async with`` blocks still unwind and close what they opened.
+    Once a stop is under way (a signal came, or the wait ended), further signals are ignored:
+    a second Ctrl-C must not cancel the finalising of a recording (SIGKILL still ends it).
     """
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
         self.waiting = 0
+        self.stopping = False
+        self._told = False
         self._task = asyncio.current_task()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _STOP_SIGNALS:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._signalled)
 
+    def close(self) -> None:
+        """The command is over: ignore the signals while the process exits.
+
+        Left to asyncio, closing the loop would restore the defaults, and a late Ctrl-C
+        would turn a finished, finalised stop into exit 130 (SIGTERM into 143).
+        """
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                if loop.remove_signal_handler(sig):
+                    signal.signal(sig, signal.SIG_IGN)
+
     def _signalled(self) -> None:
+        if self.stopping:
+            if not self._told:
+                self._told = True
+                print("callbot: stopping, finishing up (SIGKILL aborts)", file=sys.stderr)
+            return
+        self.stopping = True
         if self.waiting:
             self.event.set()
         elif self._task is not None:
@@ -477,6 +587,7 @@ async def _until_stopped(stopper: _Stopper, duration: float | None) -> None:
                 await stopper.event.wait()
     finally:
         stopper.waiting -= 1
+        stopper.stopping = True  # what follows is the command's wind-down
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -485,6 +596,8 @@ async def _run(args: argparse.Namespace) -> int:
         code: int = await args.func(args)
     except asyncio.CancelledError:
         return EXIT_SIGNALLED  # stopped by a signal before it could stop gracefully
+    finally:
+        args.stopper.close()
     return code
 
 
@@ -731,15 +844,19 @@ async def _record(args: argparse.Namespace) -> int:
     )
     await asyncio.to_thread(_check_writable, output)  # before peers see us join
     progress = _Progress()
+    await recorder.prepare()  # a bad --split DIR fails before joining
     async with Participant(config) as me:
         print(f"recording room {args.room!r} as {me.peer_id} to {output}", flush=True)
-        await recorder.start(me)
-        reporter = asyncio.create_task(_report_recording(recorder, progress), name="callbot-prog")
-        watcher = asyncio.create_task(_say_connection(me, progress), name="callbot-conn")
+        helpers: list[asyncio.Task[None]] = []
         try:
+            await recorder.start(me)
+            helpers = [
+                asyncio.create_task(_report_recording(recorder, progress), name="callbot-prog"),
+                asyncio.create_task(_say_connection(me, progress), name="callbot-conn"),
+            ]
             await _until_stopped(args.stopper, args.duration)
         finally:
-            await _cancel([reporter, watcher])
+            await _cancel(helpers)
             progress.done()
             summary = await recorder.aclose()
             print(summary.line(), flush=True)
@@ -765,7 +882,7 @@ async def _composite(args: argparse.Namespace) -> int:
         while not runner.done():
             await asyncio.wait([runner, stop], timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
             if stop.done() and not runner.done():
-                job.cancel()  # finishes the current frame, then finalises the file
+                job.cancel()  # stops within the current frame, then finalises the file
             elapsed = time.monotonic() - started
             done, total = job.frames_done, job.total_frames
             speed = done / job.fps / elapsed if elapsed > 0 else 0.0
@@ -784,9 +901,9 @@ async def _composite(args: argparse.Namespace) -> int:
             flush=True,
         )
         return EXIT_SIGNALLED
-    inputs = ", ".join(info.label for info in result.inputs)
     print(
-        f"composed {len(result.inputs)} inputs ({inputs}) into {result.path}: "
+        f"composed {len(result.inputs)} files as {len(job.participants)} participants "
+        f"({', '.join(job.participants)}) into {result.path}: "
         f"{result.video_frames} frames, {result.duration_s:.1f} s",
         flush=True,
     )
@@ -1269,7 +1386,9 @@ def _add_layout_flags(parser: argparse.ArgumentParser) -> None:
         "--size", type=_size, default=(1280, 720), metavar="WxH",
         help="canvas size (default 1280x720)",
     )  # fmt: skip
-    parser.add_argument("--fps", type=_fps, default=30.0, help="frame rate (default 30, max 120)")
+    parser.add_argument(
+        "--fps", type=_fps, default=30.0, help="frame rate, 1 to 120 (default 30)"
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1375,7 +1494,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WxH",
         help="recording canvas size (default 1280x720)",
     )
-    join.add_argument("--fps", type=_fps, default=30.0, help="recording frame rate (max 120)")
+    join.add_argument("--fps", type=_fps, default=30.0, help="recording frame rate (1 to 120)")
     join.add_argument(
         "--no-receive",
         action="store_true",
@@ -1432,7 +1551,8 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument(
         "--split", metavar="DIR",
         help="also write every participant's track to its own file in DIR "
-        "(NAME-video.mkv, NAME-audio.mka)",
+        "(NAME-video.mkv, NAME-audio.mka; tagged with where they start in FILE, so "
+        "'composite DIR/*' lays them out in time, one tile per participant)",
     )  # fmt: skip
     _add_codec_flag(record)
     record.add_argument(
@@ -1446,7 +1566,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="compose existing recordings into one file",
         description="Lay the videos of INPUT files out on one canvas (the same compositor and "
         "layouts as live recording), mix their audio, and write OUTPUT as fast as possible, "
-        "with a progress bar. Inputs start together at 0 s.",
+        "with a progress bar. NAME-video and NAME-audio files (from record --split) are one "
+        "participant, placed at the time they were recorded; other inputs start at 0 s.",
     )
     composite.add_argument("inputs", nargs="+", metavar="INPUT", help="media files to compose")
     composite.add_argument("-o", "--output", required=True, metavar="OUTPUT", help="file to write")
@@ -1588,7 +1709,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.log_level, args.log_format)
     try:
         if inspect.iscoroutinefunction(args.func):
-            code: int = asyncio.run(_run(args))
+            saved = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+            try:
+                code: int = asyncio.run(_run(args))
+            finally:
+                # _run left the signals ignored. The program's own process (argv from the
+                # command line) just exits; a caller of main([...]) gets its handlers back.
+                for sig, handler in saved.items():
+                    if argv is not None and handler is not None:
+                        signal.signal(sig, handler)
         else:
             code = args.func(args)
     except KeyboardInterrupt:

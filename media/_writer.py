@@ -15,6 +15,14 @@ anchorings (see :class:`_TrackClock`):
 Both keep the safeguards: a track whose pts step back or stray from arrival by more than
 ``_RESYNC_S`` is re-anchored to its arrival, video pts are strictly increasing, audio is
 contiguous (gaps filled with silence, overlaps trimmed).
+
+A file may belong to a longer timeline (a participant's own file next to the room recording):
+given ``timeline``, the header carries where the file's 0 s lies on it, in seconds, as the
+``CALLBOT_OFFSET`` tag, which ``callbot composite`` honours.
+
+The thread is not a daemon: process exit waits for a writer that is finalising. A writer
+whose owner never closed it finalises by itself once the main thread has ended (so a file is
+never left unfinished by a forgotten ``aclose()``, and exit never hangs on it).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import contextlib
 import fractions
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +40,7 @@ from typing import Any, Literal
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
 from . import _yuv
@@ -48,6 +58,11 @@ _FALLBACK_SIZE = (640, 480)
 _RESYNC_S = 2.0  # a track whose pts disagree with arrival time by more is re-anchored
 _AUDIO_SLACK_S = 0.01  # audio gaps (overlaps) longer than this are filled (trimmed)
 FLUSH_S = 1  # cluster / fragment length, the amount of media a crash may lose
+_KEY_EVERY = round(FLUSH_S / _VIDEO_TB)  # longest stretch of video pts without a keyframe
+OFFSET_TAG = "CALLBOT_OFFSET"  # where the file's 0 s lies on its timeline, in seconds
+_RATE_WINDOW_S = 1.0  # video of unknown rate: how much to look at before declaring one
+_FALLBACK_FPS = 30.0  # ... and what to declare when too few frames came to tell
+_IDLE_CHECK_S = 0.5  # how often an idle writer checks whether the process is exiting
 
 Kind = Literal["video", "audio"]
 Item = tuple[Kind, av.VideoFrame | av.AudioFrame | None, float]
@@ -89,9 +104,10 @@ def open_container(path: Path, profile: Profile) -> av.container.OutputContainer
         pass
     options = {
         "flush_packets": "1",
-        # The interleaver waits for every stream; if one stalls (a muted or ended track) it
-        # would hold the others back for its default 10 s. Cap that at one flush period.
-        "max_interleave_delta": str(FLUSH_S * 1_000_000),
+        # The interleaver waits for every stream; if one stalls (a muted or ended track, or
+        # video behind on a starved machine) it would hold the others back for its default
+        # 10 s, all lost in a crash. Cap that at half a flush period.
+        "max_interleave_delta": str(FLUSH_S * 500_000),
         **profile.options,
     }
     container: av.container.OutputContainer = av.open(
@@ -114,6 +130,10 @@ class _TrackClock:
         self._last_media: float | None = None
         self._last_time: float | None = None  # where the previous frame landed
         self._last_step = 0.0  # the gap before it: the track's frame interval, roughly
+
+    def anchor(self, time_s: float, media: float) -> None:
+        """Place the frame with pts ``media`` at ``time_s`` (and the others from there)."""
+        self._anchor = (time_s, media)
 
     def time_of(self, frame: av.VideoFrame | av.AudioFrame, arrival: float) -> float:
         if frame.pts is None or frame.time_base is None:
@@ -152,19 +172,22 @@ class Writer:
         *,
         want_video: bool,
         want_audio: bool,
-        fps: float,
+        fps: float | None,
         size: tuple[int, int] | None,
         items: queue.Queue[Item | None],
         clock: MediaClock | None = None,
+        timeline: Callable[[], float | None] | None = None,
     ) -> None:
         self.container = container
         self.profile = profile
         self.want_video = want_video
         self.want_audio = want_audio
-        self.fps = fps
+        # None: the video's rate is unknown (a remote track); declared from its first second.
+        self.fps: float | None = fps
         self.size = size
         self.items = items
         self.clock = clock
+        self.timeline = timeline
         self.error: BaseException | None = None
         self.video_frames = 0
         self.audio_frames = 0
@@ -177,6 +200,7 @@ class Writer:
         self._t0: float | None = None
         self._clocks = {"video": _TrackClock(), "audio": _TrackClock()}
         self._last_vpts: int | None = None
+        self._last_key: int | None = None  # pts of the last keyframe encoded
         self._audio_written = 0  # samples at 48 kHz handed to the encoder
         self._audio_end = 0.0  # recording time where the audio handed to the resampler ends
         self._pending: list[Item] = []
@@ -186,12 +210,25 @@ class Writer:
 
     # -- thread body -------------------------------------------------------------------------
 
+    @property
+    def origin(self) -> float | None:
+        """The ``time.monotonic()`` instant that is 0 s in the file, once known."""
+        return self._t0 if self._headers else None
+
+    @property
+    def video_time_s(self) -> float:
+        """Where the last video frame written lies in the file (0 before the first)."""
+        return 0.0 if self._last_vpts is None else float(self._last_vpts * _VIDEO_TB)
+
     def run(self) -> None:
         while True:
             try:
-                item = self.items.get(timeout=None if self._headers else 0.1)
-            except queue.Empty:  # still waiting for first frames: check the header deadline
-                self._guard(self._maybe_start)
+                item = self.items.get(timeout=_IDLE_CHECK_S if self._headers else 0.1)
+            except queue.Empty:
+                if not threading.main_thread().is_alive():
+                    break  # the process is exiting and nobody closed us: finalise the file
+                if not self._headers:  # still waiting for first frames: check the deadline
+                    self._guard(self._maybe_start)
                 continue
             if item is None:
                 break
@@ -231,8 +268,13 @@ class Writer:
             self.dropped_audio += 1
 
     def _maybe_start(self) -> None:
-        waiting = (self.want_video and "video" not in self._seen) or (
-            self.want_audio and "audio" not in self._seen
+        waiting = (
+            (self.want_video and "video" not in self._seen)
+            or (self.want_audio and "audio" not in self._seen)
+            or (self.want_video and self.fps is None and self._video_rate(final=False) is None)
+            or (self.timeline is not None and self.timeline() is None)
+            # On a timeline without a clock: a second of frames to tell when the first was due.
+            or (self.timeline is not None and self.clock is None and self._span() < 1.0)
         )
         if waiting and time.monotonic() - self._started_at < _HEADER_TIMEOUT_S:
             return
@@ -246,6 +288,26 @@ class Writer:
 
     def _first_audio(self) -> av.AudioFrame | None:
         return next((f for _, f, _ in self._pending if isinstance(f, av.AudioFrame)), None)
+
+    def _span(self) -> float:
+        arrivals = [arrival for _, frame, arrival in self._pending if frame is not None]
+        return arrivals[-1] - arrivals[0] if arrivals else 0.0
+
+    def _video_rate(self, *, final: bool) -> float | None:
+        """The pending video's frame rate once it spans ``_RATE_WINDOW_S`` (or ``final``).
+
+        What the file declares as its nominal rate when the track's own is unknown: a remote
+        track runs at whatever the sender manages, not at the canvas rate.
+        """
+        videos = [(f, a) for _, f, a in self._pending if isinstance(f, av.VideoFrame)]
+        stamped = [t for f, _ in videos if (t := _media_time(f)) is not None]
+        times = stamped if len(stamped) == len(videos) else [a for _, a in videos]
+        span = times[-1] - times[0] if len(times) >= 2 else 0.0
+        if span >= _RATE_WINDOW_S or (final and span > 0):
+            # The median step: the first frames of a call come slowly (keyframe requests).
+            step = float(np.median(np.diff(times)))
+            return float(min(120, max(1, round(1 / step)))) if step > 0 else _FALLBACK_FPS
+        return _FALLBACK_FPS if final else None
 
     def _pin_origin(self) -> None:
         """Shared-clock mode: recording time 0 is the earliest pending pts on the clock.
@@ -271,10 +333,48 @@ class Writer:
         for track_clock in self._clocks.values():
             track_clock.origin = origin
 
+    def _pin_on_time(self) -> None:
+        """Arrival mode, on a timeline: 0 s is when the first frame was due, not when it came.
+
+        The first frames of a call often come late (decoder start, a starved machine) and
+        the next ones catch up. Anchored to the first arrival, the whole file would sit that
+        much too late on the timeline (up to ``_RESYNC_S``). Each track's first frame is
+        placed instead where the promptest pending frame says it was due: its arrival minus
+        how far its pts are past the first frame's.
+        """
+        due: dict[Kind, tuple[float, float]] = {}  # kind -> (due time, pts) of its first frame
+        for kind in ("video", "audio"):
+            timed = [
+                (arrival, media)
+                for k, frame, arrival in self._pending
+                if k == kind and (media := _media_time(frame)) is not None
+            ]
+            if timed:
+                first = timed[0][1]
+                due[kind] = (min(a - max(0.0, m - first) for a, m in timed), first)
+        arrivals = [arrival for _, _, arrival in self._pending]
+        if not due:
+            self._t0 = min(arrivals) if arrivals else time.monotonic()
+            return
+        self._t0 = min(at for at, _ in due.values())
+        for kind, (at, first) in due.items():
+            self._clocks[kind].anchor(at - self._t0, first)
+
     def _open_streams(self) -> None:
         self._headers = True
         if self.clock is not None:
             self._pin_origin()
+        elif self.timeline is not None:
+            # Pinned now, not at the first write: the offset tag must hold for the whole file.
+            self._pin_on_time()
+        if self.timeline is not None and self._t0 is not None:
+            zero = self.timeline()
+            if zero is not None:
+                self.container.metadata[OFFSET_TAG] = f"{self._t0 - zero:.3f}"
+        fps = self.fps
+        if fps is None:
+            fps = self._video_rate(final=True) if self.want_video else None
+            self.fps = fps = fps or _FALLBACK_FPS
         if self.want_video:
             first = self._first_video()
             if self.size is not None:
@@ -283,10 +383,10 @@ class Writer:
                 width, height = first.width & ~1, first.height & ~1
             else:
                 width, height = _FALLBACK_SIZE
-            rate = fractions.Fraction(self.fps).limit_denominator(1001)
+            rate = fractions.Fraction(fps).limit_denominator(1001)
             vs = self.container.add_stream(self.profile.video_codec, rate=rate)
             assert isinstance(vs, av.video.stream.VideoStream)
-            configure_video(vs.codec_context, width, height, self.fps)
+            configure_video(vs.codec_context, width, height, fps)
             self._vstream = vs
         if self.want_audio:
             first_audio = self._first_audio()
@@ -329,7 +429,16 @@ class Writer:
         self._last_vpts = pts
         out.pts = pts
         out.time_base = _VIDEO_TB
-        self.container.mux(stream.encode(out))
+        if self._last_key is None or pts - self._last_key >= _KEY_EVERY:
+            # A keyframe every FLUSH_S of media, not only every gop_size frames: a slow source
+            # (or a starved compositor) would otherwise stretch MP4 fragments, and with them
+            # what a crash loses, to many seconds.
+            out.pict_type = PictureType.I
+        packets = stream.encode(out)
+        for packet in packets:
+            if packet.is_keyframe and packet.pts is not None:
+                self._last_key = packet.pts
+        self.container.mux(packets)
         self.video_frames += 1
 
     def _fit(self, frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
@@ -404,7 +513,7 @@ class Writer:
     def duration_s(self) -> float:
         video = 0.0
         if self._last_vpts is not None:
-            video = float(self._last_vpts * _VIDEO_TB) + 1 / self.fps
+            video = float(self._last_vpts * _VIDEO_TB) + 1 / (self.fps or _FALLBACK_FPS)
         return max(video, self._audio_written / _AUDIO_RATE)
 
 

@@ -2,9 +2,19 @@
 
 The same :class:`~media.canvas.Canvas`, layouts and :class:`~media.speaker.SpeakerSelector`
 as the live compositor, driven by file timestamps instead of the wall clock: output frame
-``n`` shows, for every input, its newest frame with a timestamp at or before ``n / fps``.
-Audio of every input is resampled to 48 kHz stereo, summed and limited; per-input levels feed
-the speaker choice exactly as the live mixer's levels do.
+``n`` shows, for every participant, its newest frame with a timestamp at or before ``n / fps``.
+Audio of every input is resampled to 48 kHz stereo, summed and limited; per-participant levels
+feed the speaker choice exactly as the live mixer's levels do.
+
+Participants and time, as ``callbot record --split`` leaves them:
+
+* Files named ``NAME-video.EXT`` and ``NAME-audio.EXT`` (also ``NAME-video-2`` with
+  ``NAME-audio-2``: a second session) are one participant: one tile, labelled ``NAME``
+  (``NAME-2``), showing the video, whose audio level makes it the speaker. Any other file is a
+  participant of its own, labelled with its name.
+* A file whose header has a ``CALLBOT_OFFSET`` tag (split files) starts that many seconds into
+  the output, and its participant has a tile only while one of its files runs, as in the live
+  recording. Other files start at 0 s and keep their tile (last frame) to the end.
 
 The whole job (demux, decode, compose, encode, mux) is blocking work: :meth:`CompositeJob.run`
 is meant for a worker thread (``await asyncio.to_thread(job.run)``); progress and
@@ -17,10 +27,12 @@ from __future__ import annotations
 import fractions
 import math
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import numpy as np
@@ -32,7 +44,7 @@ from .canvas import Canvas, Tile
 from .compositor import LAYOUTS, LayoutName
 from .errors import MediaError, RecorderError
 from .layout import Placement, Scene, grid_layout, pip_layout, scene_layout, speaker_layout
-from .recorder import VideoCodec, profile_for
+from .recorder import OFFSET_TAG, VideoCodec, profile_for
 from .speaker import SpeakerSelector
 
 __all__ = ["CompositeError", "CompositeJob", "CompositeResult", "InputInfo"]
@@ -41,6 +53,8 @@ _RATE = 48000
 _CHUNK = 960  # 20 ms of audio per mixing step
 _VIDEO_TB = fractions.Fraction(1, 90000)
 _AUDIO_TB = fractions.Fraction(1, _RATE)
+MIN_FPS = 1.0  # below this an output frame stands for so much input that progress stalls
+_SPLIT_NAME = re.compile(r"(?P<name>.+)-(?P<kind>video|audio)(?P<session>-\d+)?")
 
 
 class CompositeError(MediaError):
@@ -49,13 +63,26 @@ class CompositeError(MediaError):
 
 @dataclass(frozen=True, slots=True)
 class InputInfo:
-    """What was found in one input file."""
+    """What was found in one input file, and the participant (tile) it feeds."""
 
     path: Path
     label: str
+    """The participant: files of one participant share it (see the module docstring)."""
     duration_s: float
     has_video: bool
     has_audio: bool
+    offset_s: float | None = None
+    """Where the file starts in the output (its ``CALLBOT_OFFSET`` tag); None: at 0 s, with
+    its tile kept to the end."""
+
+    @property
+    def start_s(self) -> float:
+        return self.offset_s or 0.0
+
+    @property
+    def end_s(self) -> float:
+        """Where the file's tile goes away (never, without an offset)."""
+        return math.inf if self.offset_s is None else self.offset_s + self.duration_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,13 +94,16 @@ class CompositeResult:
     cancelled: bool = False
 
 
-def _probe(path: Path) -> tuple[float, bool, bool]:
+def _probe(path: Path) -> tuple[float, bool, bool, float | None]:
+    if path.is_dir():
+        raise CompositeError(f"{path}: is a directory, not a media file")
     if not path.is_file():
         raise CompositeError(f"{path}: no such file")
     try:
         with av.open(str(path)) as container:
             has_video = bool(container.streams.video)
             has_audio = bool(container.streams.audio)
+            offset = _offset_tag(container.metadata)
             duration = 0.0
             if container.duration is not None:
                 duration = container.duration / av.time_base
@@ -88,7 +118,7 @@ def _probe(path: Path) -> tuple[float, bool, bool]:
         raise
     except (av.FFmpegError, OSError, ValueError, StopIteration) as exc:
         raise CompositeError(f"{path}: not a readable media file ({exc})") from exc
-    return duration, has_video, has_audio
+    return duration, has_video, has_audio, offset
 
 
 def _scan_duration(container: av.container.InputContainer, path: Path) -> float:
@@ -101,14 +131,53 @@ def _scan_duration(container: av.container.InputContainer, path: Path) -> float:
     return end
 
 
+def _offset_tag(metadata: dict[str, str]) -> float | None:
+    for key, value in metadata.items():
+        if key.upper() == OFFSET_TAG:
+            try:
+                offset = float(value)
+            except ValueError:
+                return None
+            return offset if math.isfinite(offset) else None
+    return None
+
+
+def _participants(paths: Sequence[Path]) -> list[str]:
+    """The participant label of each path: ``NAME-video``/``NAME-audio`` in one folder share one.
+
+    A participant takes one video and one audio file; a further file of a kind it already
+    has is a participant of its own (labels stay unique: ``NAME (2)``).
+    """
+    labels: list[str] = []
+    taken: set[str] = set()
+    pairs: dict[tuple[Path, str], tuple[str, set[str]]] = {}  # -> label, kinds it has
+    for path in paths:
+        match = _SPLIT_NAME.fullmatch(path.stem)
+        base = path.stem if match is None else match["name"] + (match["session"] or "")
+        if match is not None:
+            pair = pairs.get((path.parent, base))
+            if pair is not None and match["kind"] not in pair[1]:
+                pair[1].add(match["kind"])
+                labels.append(pair[0])
+                continue
+        label, n = base, 2
+        while label in taken:
+            label, n = f"{base} ({n})", n + 1
+        taken.add(label)
+        if match is not None:
+            pairs[(path.parent, base)] = (label, {match["kind"]})
+        labels.append(label)
+    return labels
+
+
 class _VideoInput:
     """Decodes one file's video lazily, keeping the newest frame at or before a time."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, offset: float = 0.0) -> None:
         self._container = av.open(str(path))
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"
-        self._start = _start_of(stream)
+        self._start = _start_of(stream) - offset
         self._frames: Iterator[av.VideoFrame] = self._container.decode(stream)
         self._next: av.VideoFrame | None = None
         self._next_t = 0.0
@@ -142,14 +211,14 @@ class _VideoInput:
 class _AudioInput:
     """Decodes one file's audio into 48 kHz stereo float32 chunks, silence-padded at the start."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, offset: float = 0.0) -> None:
         self._container = av.open(str(path))
         stream = self._container.streams.audio[0]
-        self._start = _start_of(stream)
+        self._start = _start_of(stream) - offset
         self._frames: Iterator[av.AudioFrame] = self._container.decode(stream)
         self._resampler = av.AudioResampler(format="flt", layout="stereo", rate=_RATE)
         self._buf = np.zeros((0, 2), dtype=np.float32)
-        self._written = 0  # samples handed out so far
+        self._lead: int | None = None  # samples of silence to add (< 0: to cut) at the start
         self.done = False
         self.level_db = LEVEL_FLOOR_DB
 
@@ -161,14 +230,21 @@ class _AudioInput:
                 self.done = True
                 frames = self._resampler.resample(None)
             else:
-                if not self._buf.size and self._written == 0 and frame.pts is not None:
-                    lead = float(frame.pts * (frame.time_base or _AUDIO_TB)) - self._start
-                    if lead > 0:  # audio starts after the file does: keep it in place
-                        self._buf = np.zeros((round(lead * _RATE), 2), dtype=np.float32)
+                if self._lead is None:
+                    self._lead = 0
+                    if frame.pts is not None:
+                        t = float(frame.pts * (frame.time_base or _AUDIO_TB)) - self._start
+                        # Later than the output's start: silence first; earlier: cut.
+                        self._lead = round(t * _RATE)
+                    if self._lead > 0:
+                        self._buf = np.zeros((self._lead, 2), dtype=np.float32)
                 frame.pts = None
                 frames = self._resampler.resample(frame)
             for out in frames:
                 data = out.to_ndarray().reshape(-1, 2).astype(np.float32, copy=False)
+                if self._lead is not None and self._lead < 0:
+                    cut = min(-self._lead, len(data))
+                    data, self._lead = data[cut:], self._lead + cut
                 self._buf = np.concatenate([self._buf, data])
 
     def pull(self, n: int) -> npt.NDArray[np.float32]:
@@ -178,7 +254,6 @@ class _AudioInput:
         self._buf = self._buf[n:]
         if len(chunk) < n:
             chunk = np.concatenate([chunk, np.zeros((n - len(chunk), 2), dtype=np.float32)])
-        self._written += n
         # ~200 ms smoothing, like the live mixer's level window.
         self.level_db = max(self.level_db - 20 * n / _RATE / 0.2, level_dbfs(chunk))
         return chunk
@@ -188,7 +263,10 @@ class _AudioInput:
 
 
 class CompositeJob:
-    """Compose ``inputs`` into ``output``. Construct (probes every input), then :meth:`run`."""
+    """Compose ``inputs`` into ``output``. Construct (probes every input), then :meth:`run`.
+
+    ``fps`` is between ``MIN_FPS`` and 120. The output lasts until the last input ends.
+    """
 
     def __init__(
         self,
@@ -206,8 +284,8 @@ class CompositeJob:
             raise CompositeError("no inputs to compose")
         if not isinstance(layout, Scene) and layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
-        if not 0 < fps <= 120:
-            raise ValueError(f"fps must be in (0, 120], got {fps}")
+        if not MIN_FPS <= fps <= 120:
+            raise ValueError(f"fps must be in [{MIN_FPS:g}, 120], got {fps}")
         self._output = Path(output)
         try:
             self._profile = profile_for(self._output, video_codec, video=True)
@@ -221,17 +299,13 @@ class CompositeJob:
         self._fps = float(fps)
         self._labels = labels
         infos = []
-        taken: set[str] = set()
-        for path in paths:
-            duration, has_video, has_audio = _probe(path)
-            label = path.stem
-            n = 2
-            while label in taken:
-                label, n = f"{path.stem} ({n})", n + 1
-            taken.add(label)
-            infos.append(InputInfo(path, label, duration, has_video, has_audio))
+        for path, label in zip(paths, _participants(paths), strict=True):
+            duration, has_video, has_audio, offset = _probe(path)
+            infos.append(InputInfo(path, label, duration, has_video, has_audio, offset))
         self.inputs = tuple(infos)
-        self.duration_s = max(info.duration_s for info in infos)
+        # Tile labels, in the order of their first file.
+        self.participants = tuple(dict.fromkeys(info.label for info in infos))
+        self.duration_s = max(info.start_s + info.duration_s for info in infos)
         self.total_frames = max(1, math.ceil(self.duration_s * self._fps - 1e-6))
         self.frames_done = 0
         self._cancel = threading.Event()
@@ -241,8 +315,25 @@ class CompositeJob:
         return self._fps
 
     def cancel(self) -> None:
-        """Stop after the current frame; the output is finalised and stays playable."""
+        """Stop soon (within the current frame); the output is finalised and stays playable."""
         self._cancel.set()
+
+    def _sources(self, label: str, kind: str) -> InputInfo | None:
+        """The file a participant's ``kind`` comes from: one named for it, else the first."""
+        files = [
+            info
+            for info in self.inputs
+            if info.label == label and (info.has_video if kind == "video" else info.has_audio)
+        ]
+        named = [
+            info
+            for info in files
+            if (m := _SPLIT_NAME.fullmatch(info.path.stem)) is not None and m["kind"] == kind
+        ]
+        return (named or files)[0] if files else None
+
+    def _present(self, label: str, t: float) -> bool:
+        return any(info.start_s <= t < info.end_s for info in self.inputs if info.label == label)
 
     def run(self) -> CompositeResult:
         """Blocking: do the whole job (call it from a worker thread in async code)."""
@@ -250,16 +341,13 @@ class CompositeJob:
         audios: dict[str, _AudioInput] = {}
         sources: list[_VideoInput | _AudioInput] = []
         try:
-            for info in self.inputs:
-                try:
-                    if info.has_video:
-                        videos[info.label] = _VideoInput(info.path)
-                        sources.append(videos[info.label])
-                    if info.has_audio:
-                        audios[info.label] = _AudioInput(info.path)
-                        sources.append(audios[info.label])
-                except (av.FFmpegError, OSError) as exc:
-                    raise CompositeError(f"{info.path}: cannot be opened ({exc})") from exc
+            for label in self.participants:
+                if (video := self._sources(label, "video")) is not None:
+                    videos[label] = _opened(_VideoInput, video)
+                    sources.append(videos[label])
+                if (audio := self._sources(label, "audio")) is not None:
+                    audios[label] = _opened(_AudioInput, audio)
+                    sources.append(audios[label])
             return self._run(videos, audios)
         finally:
             for source in sources:
@@ -302,32 +390,21 @@ class CompositeJob:
             fifo = av.AudioFifo()
             limiter = Limiter(_CHUNK * 1000 / _RATE, _CHUNK)
             selector = SpeakerSelector()
-            keys = [info.label for info in self.inputs]
             audio_done = 0
+            audio_end = self.duration_s * _RATE  # never past the inputs, whatever the fps
             frames = 0
             for n in range(self.total_frames):
                 if self._cancel.is_set():
                     break
                 t = n / self._fps
                 # Audio up to the end of this frame's slot, so levels are current for it.
-                while audios and astream is not None and audio_done < (n + 1) / self._fps * _RATE:
-                    mix = np.zeros((_CHUNK, 2), dtype=np.float32)
-                    for source in audios.values():
-                        mix += source.pull(_CHUNK)
-                    limiter.process(mix)
-                    aframe = av.AudioFrame.from_ndarray(
-                        mix.reshape(1, -1), format="flt", layout="stereo"
-                    )
-                    aframe.sample_rate = _RATE
-                    aframe.pts = audio_done
-                    aframe.time_base = _AUDIO_TB
-                    fifo.write(aframe)
+                target = min((n + 1) / self._fps * _RATE, audio_end)
+                while astream is not None and audio_done < target and not self._cancel.is_set():
+                    self._mix(audios, limiter, fifo, audio_done, astream, out)
                     audio_done += _CHUNK
-                    for packet_frame in _drain(fifo, astream.codec_context.frame_size or _CHUNK):
-                        out.mux(astream.encode(packet_frame))
-                levels = {k: a.level_db for k, a in audios.items()}
+                present = [k for k in self.participants if self._present(k, t)]
+                levels = {k: a.level_db for k, a in audios.items() if k in present}
                 speaker = selector.update(levels, t)
-                present = [k for k in keys if k in videos or k in audios]
                 tiles = [
                     Tile(
                         key=p.key,
@@ -343,6 +420,9 @@ class CompositeJob:
                 out.mux(vstream.encode(frame))
                 frames += 1
                 self.frames_done = frames
+            while astream is not None and audio_done < audio_end and not self._cancel.is_set():
+                self._mix(audios, limiter, fifo, audio_done, astream, out)
+                audio_done += _CHUNK
             out.mux(vstream.encode(None))
             if astream is not None:
                 for packet_frame in _drain(fifo, astream.codec_context.frame_size or _CHUNK, True):
@@ -360,6 +440,28 @@ class CompositeJob:
             cancelled=self._cancel.is_set(),
         )
 
+    @staticmethod
+    def _mix(
+        audios: dict[str, _AudioInput],
+        limiter: Limiter,
+        fifo: av.AudioFifo,
+        at: int,
+        astream: av.audio.stream.AudioStream,
+        out: av.container.OutputContainer,
+    ) -> None:
+        """One ``_CHUNK`` of every input's audio, summed, limited and encoded at sample ``at``."""
+        mix = np.zeros((_CHUNK, 2), dtype=np.float32)
+        for source in audios.values():
+            mix += source.pull(_CHUNK)
+        limiter.process(mix)
+        aframe = av.AudioFrame.from_ndarray(mix.reshape(1, -1), format="flt", layout="stereo")
+        aframe.sample_rate = _RATE
+        aframe.pts = at
+        aframe.time_base = _AUDIO_TB
+        fifo.write(aframe)
+        for packet_frame in _drain(fifo, astream.codec_context.frame_size or _CHUNK):
+            out.mux(astream.encode(packet_frame))
+
     def _place(self, keys: list[str], speaker: str | None) -> list[Placement]:
         w, h = self._canvas.width, self._canvas.height
         layout = self._layout
@@ -370,6 +472,16 @@ class CompositeJob:
         if layout == "pip":
             return pip_layout(keys, speaker, w, h)
         return grid_layout(keys, w, h)
+
+
+_Input = TypeVar("_Input", _VideoInput, _AudioInput)
+
+
+def _opened(kind: type[_Input], info: InputInfo) -> _Input:
+    try:
+        return kind(info.path, info.start_s)
+    except (av.FFmpegError, OSError) as exc:
+        raise CompositeError(f"{info.path}: cannot be opened ({exc})") from exc
 
 
 def _start_of(stream: av.stream.Stream) -> float:

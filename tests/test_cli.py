@@ -132,7 +132,7 @@ async def test_demo_writes_a_playable_file_with_three_tiles(tmp_path: Path) -> N
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0] == str(output.resolve())
-    assert re.match(r"recorded \d+ frames .* bot-1 [\d.]+ fps, bot-2 [\d.]+ fps, bot-3", lines[1])
+    assert re.match(r"recorded \d+ frames .* bot-1 [\d.]+ fps \+ audio, bot-2 [\d.]+ fps", lines[1])
     per_tile = tile_stamps(output, 3)
     assert all(len(n) >= 5 and n == sorted(n) for n in per_tile), per_tile
 

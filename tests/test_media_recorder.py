@@ -526,3 +526,220 @@ async def test_sigterm_finalises_the_file(tmp_path: Path) -> None:
     # The header carries the duration only once the muxer was finalised (a killed Matroska
     # recording has none).
     assert duration == pytest.approx(final["duration"], abs=0.1)
+
+
+async def test_start_cancelled_while_opening_still_leaves_a_valid_file(tmp_path: Path) -> None:
+    """A Ctrl-C that lands while the file is being opened must not leave a 0-byte file: the
+    recorder still starts, and whoever cancelled it closes it."""
+    path = tmp_path / "early.mkv"
+    track = PatternVideoTrack(width=160, height=120, fps=15)
+    rec = Recorder(path, video=track, width=64, height=48, fps=15)
+    starting = asyncio.create_task(rec.start())
+    await asyncio.sleep(0)  # start() is now waiting for the open in its worker thread
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    await _until(lambda: rec.video_frames >= 3)
+    info = await rec.aclose()
+    track.stop()
+
+    def probe() -> tuple[float | None, tuple[int, int], int]:
+        with av.open(str(path)) as container:  # a finalised file: header, streams, duration
+            stream = container.streams.video[0]
+            size = (stream.codec_context.width, stream.codec_context.height)
+            return container.duration, size, sum(1 for _ in container.decode(video=0))
+
+    duration, size, frames = await asyncio.to_thread(probe)
+    assert duration is not None and size == (64, 48)
+    assert frames == info.video_frames >= 3
+    assert _recorder_threads() == []
+
+
+class _Silent(MediaStreamTrack):
+    """A track that never delivers a frame."""
+
+    kind = "video"
+
+    async def recv(self) -> av.VideoFrame:
+        await asyncio.Event().wait()
+        raise MediaStreamError  # pragma: no cover - never reached
+
+
+async def test_a_recording_without_any_frame_leaves_no_file(tmp_path: Path) -> None:
+    """Headers without media cannot be opened by players or composite: leave nothing."""
+    path = tmp_path / "nothing.mkv"
+    async with Recorder(path, video=_Silent()) as rec:
+        assert path.exists()  # opened (and checked writable) at start
+    info = await rec.aclose()
+    assert info.empty and info.video_frames == 0
+    assert not path.exists()
+
+
+EXIT_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from media import PatternVideoTrack, Recorder
+
+    async def main() -> None:
+        rec = Recorder(sys.argv[1], video=PatternVideoTrack(width=160, height=120), fps=30)
+        await rec.start()
+        while rec.video_frames < 10:
+            await asyncio.sleep(0.02)
+        print(rec.video_frames, flush=True)
+        # Returns without aclose(): a bug in the caller, or an exit path that skipped it.
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_process_exit_does_not_kill_an_unfinished_writer(tmp_path: Path) -> None:
+    """The writer thread is not a daemon: at exit it finalises a file nobody closed."""
+    path = tmp_path / "forgotten.mkv"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", EXIT_CHILD, str(path), cwd=ROOT, stdout=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(90):  # guards a hang (a non-daemon writer that never ends)
+        out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    encoded = int(out.decode().split()[0])
+
+    def probe() -> tuple[float | None, int]:
+        with av.open(str(path)) as container:
+            return container.duration, sum(1 for _ in container.decode(video=0))
+
+    duration, frames = await asyncio.to_thread(probe)
+    assert duration is not None  # the trailer was written: finalised, not cut off
+    assert frames >= encoded
+
+
+def test_stale_video_is_dropped_but_never_all_of_it() -> None:
+    """The writer's queue bounds its lag: video waits at most MAX_LAG_S, but the first frame
+    of every MAX_LAG_S slice stays (a starved writer still shows some video); audio stays
+    twice as long. Here the writer never takes anything for 3 s; arrival times are synthetic
+    (the queue only compares them)."""
+    from media._writer import Item
+    from media.recorder import MAX_LAG_S, _LiveQueue
+
+    q = _LiveQueue(1000, MAX_LAG_S)
+    frame = av.VideoFrame(16, 16, "yuv420p")
+    sound = ToneAudioTrack().render(0)
+    items: list[Item] = [("video", frame, 100.0 + i / 30) for i in range(90)]
+    items += [("audio", sound, 100.0 + i / 50) for i in range(150)]
+    items.sort(key=lambda item: item[2])
+    dropped: list[str] = []
+    for item in items:
+        dropped += q.put_live(item)
+        now = item[2]
+        queued = [x for x in q.queue if x is not None]
+        stale_video = [a for kind, _, a in queued if kind == "video" and a < now - MAX_LAG_S]
+        slices = [int((a - 100.0) // MAX_LAG_S) for a in stale_video]
+        assert len(slices) == len(set(slices))  # at most one stale frame per slice...
+        # ... and exactly the first one of each slice that has gone stale: none starves.
+        assert stale_video == [a for a in (100.0, 100.5, 101.0, 101.5, 102.0) if a < now - 0.5]
+        assert all(a >= now - 2 * MAX_LAG_S for kind, _, a in queued if kind == "audio")
+    assert len(dropped) + q.qsize() == len(items)  # every frame is queued or counted
+
+
+async def test_keyframes_follow_media_time_not_a_frame_count(tmp_path: Path) -> None:
+    """A 4 fps source recorded with fps=30 (gop 30 frames = 7.5 s of it) still gets a keyframe
+    every second of media: what a crash loses (one MP4 fragment) stays about a second."""
+    path = tmp_path / "slow.mp4"
+    track = PatternVideoTrack(width=160, height=120, fps=4)
+    async with Recorder(path, video=track, fps=30) as rec:
+        await _until(lambda: rec.video_frames >= 16)
+    track.stop()
+
+    def packets() -> list[tuple[float, bool]]:
+        with av.open(str(path)) as container:
+            return [
+                (float(p.pts * p.time_base), p.is_keyframe)
+                for p in container.demux(video=0)
+                if p.pts is not None and p.time_base is not None
+            ]
+
+    last_key = None
+    for t, key in await asyncio.to_thread(packets):
+        if key:
+            last_key = t
+        else:
+            assert last_key is not None and t - last_key < 1.0, (t, last_key)
+
+
+async def test_unknown_rate_is_declared_from_the_video_and_the_offset_is_tagged(
+    tmp_path: Path,
+) -> None:
+    """fps=None (a remote track): the file declares the rate its frames come at, not a guess;
+    with a timeline its header says where it starts on it."""
+    path = tmp_path / "sender.mkv"
+    zero = time.monotonic() - 5.0  # the room recording began 5 s ago
+    track = PatternVideoTrack(width=160, height=120, fps=12)
+    async with Recorder(path, video=track, fps=None, timeline=lambda: zero) as rec:
+        await _until(lambda: rec.video_frames >= 30)
+        origin = rec.origin
+    track.stop()
+    assert origin is not None
+
+    def probe() -> tuple[fractions.Fraction | None, dict[str, str], list[float]]:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            times = [float(f.time or 0.0) for f in container.decode(video=0)]
+            return stream.average_rate, dict(container.metadata), times
+
+    rate, tags, times = await asyncio.to_thread(probe)
+    steps = np.diff([t for t in times if t <= times[0] + 1.0])
+    assert rate == round(1 / float(np.median(steps)))  # what the frames do, at their start
+    assert float(tags["CALLBOT_OFFSET"]) == pytest.approx(origin - zero, abs=0.002)
+    assert 5.0 <= float(tags["CALLBOT_OFFSET"]) < 5.0 + 90
+
+
+class _LateStart(MediaStreamTrack):
+    """30 fps pattern whose first frame comes ``late_s`` after it was due; the following
+    frames catch up as fast as they can, then keep their schedule (a call's first frames)."""
+
+    kind = "video"
+
+    def __init__(self, late_s: float) -> None:
+        super().__init__()
+        self._pattern = PatternVideoTrack(width=160, height=120, fps=30)
+        self._late = late_s
+        self._n = 0
+        self.first_due: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.first_due is None:
+            self.first_due = time.monotonic()
+            await asyncio.sleep(self._late)
+        else:
+            await asyncio.sleep(max(0.0, self.first_due + self._n / 30 - time.monotonic()))
+        frame = self._pattern.render(self._n)
+        frame.pts, frame.time_base = self._n * 3000, fractions.Fraction(1, 90000)
+        self._n += 1
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._pattern.stop()
+
+
+async def test_a_late_first_frame_does_not_shift_the_file_on_its_timeline(tmp_path: Path) -> None:
+    """The offset tag is when the first frame was due, not when it came: otherwise a split
+    file of a slow-starting sender would sit that much too late in a recomposite."""
+    path = tmp_path / "late.mkv"
+    zero = time.monotonic() - 1.0
+    track = _LateStart(late_s=0.6)
+    async with Recorder(path, video=track, fps=None, timeline=lambda: zero) as rec:
+        await _until(lambda: rec.video_frames >= 45)
+    track.stop()
+    assert track.first_due is not None
+
+    def probe() -> tuple[dict[str, str], list[tuple[float, int | None]]]:
+        with av.open(str(path)) as container:
+            tags = dict(container.metadata)
+        return tags, _decode(path)[0]
+
+    tags, video = await asyncio.to_thread(probe)
+    # Due 1.0 s into the timeline; it came at 1.6 s. (Slack: a loaded machine's late sleeps.)
+    assert float(tags["CALLBOT_OFFSET"]) == pytest.approx(track.first_due - zero, abs=0.15)
+    # Every frame at its own pts from the first one: the catch-up burst is not squashed.
+    assert all(t == pytest.approx(n / 30, abs=0.002) for t, n in video if n is not None)
