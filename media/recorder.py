@@ -24,6 +24,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -288,7 +289,14 @@ class Recorder:
         return self._writer.duration_s if self._writer else 0.0
 
     async def __aenter__(self) -> Recorder:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # ``async with`` runs no __aexit__ when entering fails: a start cancelled after it
+            # opened the file has a writer and readers running that only aclose stops.
+            with contextlib.suppress(Exception):  # the start's own error is the one to see
+                await asyncio.shield(self.aclose())
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

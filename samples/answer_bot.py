@@ -25,7 +25,6 @@ from signaling_server.protocol import CallStatus
 async def record_call(me: Participant, call: Call, output: Path) -> None:
     async with Compositor(width=1280, height=720) as canvas, AudioMixer() as mixer:
         recorder = Recorder(output, video=canvas.output, audio=mixer.output)
-        await recorder.start()
 
         async def feed() -> None:
             async for track in me.tracks():
@@ -34,14 +33,17 @@ async def record_call(me: Participant, call: Call, output: Path) -> None:
                 else:
                     mixer.add_track(track)
 
-        feeder = asyncio.create_task(feed())
+        feeder: asyncio.Task[None] | None = None
         try:
+            await recorder.start()  # inside: a start cancelled midway still needs aclose
+            feeder = asyncio.create_task(feed())
             if (await call.wait_alone_or_ended()).status is not CallStatus.ENDED:
                 await call.leave()  # the others hung up: so do we, which ends it last_left
         finally:
-            feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feeder
+            if feeder is not None:
+                feeder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feeder
             info = await recorder.aclose()
             print(f"call {call.call_id} ended ({call.reason}): {info.video_frames} frames "
                   f"to {info.path}", flush=True)  # fmt: skip

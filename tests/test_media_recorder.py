@@ -555,6 +555,27 @@ async def test_start_cancelled_while_opening_still_leaves_a_valid_file(tmp_path:
     assert _recorder_threads() == []
 
 
+async def test_async_with_cancelled_while_opening_closes_itself(tmp_path: Path) -> None:
+    """``async with`` runs no ``__aexit__`` when entering fails: a cancel that lands while the
+    file opens must not leave the writer thread and reader tasks running with no owner."""
+    track = PatternVideoTrack(width=160, height=120, fps=15)
+    rec = Recorder(tmp_path / "entered.mkv", video=track, fps=15)
+
+    async def enter() -> None:
+        async with rec:
+            await asyncio.Event().wait()  # pragma: no cover - cancelled before entering
+
+    entering = asyncio.create_task(enter())
+    await asyncio.sleep(0)  # start() is now waiting for the open in its worker thread
+    entering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await entering
+    track.stop()
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert others == [] and _recorder_threads() == []
+    assert (await rec.aclose()).video_frames >= 0  # closed already: idempotent
+
+
 class _Silent(MediaStreamTrack):
     """A track that never delivers a frame."""
 
