@@ -105,6 +105,8 @@ class Participant:
         self._signaling = self._new_signaling()
         self._links: dict[str, PeerLink] = {}
         self._calls: dict[str, Call] = {}
+        self._live_seq = 0  # call messages from the relay so far
+        self._live_touched: dict[str, int] = {}  # call id -> _live_seq of its latest message
         self._invites: asyncio.Queue[Call | None] = asyncio.Queue()
         self._closing: set[asyncio.Task[None]] = set()
         self._peers: dict[str, PeerInfo] = {}
@@ -255,7 +257,7 @@ class Participant:
         return SignalingClient(
             self.config.server_url,
             connect_timeout_s=self.config.connect_timeout_s,
-            observer=self._observe,
+            observer=self._observe_live,
         )
 
     async def _send(self, message: ClientMessage) -> None:
@@ -444,6 +446,18 @@ class Participant:
         with_id = dataclasses.replace(message, id=self._signaling.next_id())
         return await self._signaling.request(with_id)
 
+    def _observe_live(self, message: Any) -> None:
+        """The relay's own messages: also note which calls they touched, so a REST snapshot
+        taken meanwhile (``_resync_calls``) never overwrites them with older state."""
+        if isinstance(message, CallState | IncomingCall):
+            self._live_seq += 1
+            call_id = message.call.call_id if isinstance(message, CallState) else message.call_id
+            self._live_touched[call_id] = self._live_seq
+        self._observe(message)
+
+    def _touched_since(self, call_id: str, seq: int) -> bool:
+        return self._live_touched.get(call_id, -1) > seq
+
     def _observe(self, message: Any) -> None:
         """Runs in the signaling reader, in arrival order: mirror call state before anyone
         awaiting a reply resumes."""
@@ -585,6 +599,7 @@ class Participant:
         the relay cannot be read, the roster pull tries again later.
         """
         me = self.peer_id
+        since = self._live_seq  # live call_state from here on is newer than the snapshot
         timeout = aiohttp.ClientTimeout(total=self.config.connect_timeout_s)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -592,14 +607,20 @@ class Participant:
                 items = await self._read_json(session, self._rest_url(room, "limit=100"), "calls")
                 listed = set()
                 for item in items:
-                    listed.add(item.get("call_id") if isinstance(item, dict) else None)
-                    self._resync_item(item, me)
+                    call_id = item.get("call_id") if isinstance(item, dict) else None
+                    listed.add(call_id)
+                    if not self._touched_since(str(call_id), since):
+                        self._resync_item(item, me)
                 # Ours but not among the room's newest: ask for each on its own.
                 for call in list(self._calls.values()):
                     if call.status is CallStatus.ENDED or call.call_id in listed:
                         continue
+                    if self._touched_since(call.call_id, since):
+                        continue  # the relay spoke of it meanwhile: it knows it
                     path = f"/calls/{quote(call.call_id, safe='')}"
                     found = await self._read_json(session, self._rest_url(path), "call")
+                    if self._touched_since(call.call_id, since):
+                        continue
                     if found is None:
                         logger.warning("the relay no longer knows call %s: ended", call.call_id)
                         call._end_locally(EndReason.RELAY_RESTART)

@@ -341,3 +341,31 @@ async def test_a_call_and_its_media_survive_a_relay_restart_with_its_database(
     finally:
         await relay.__aexit__(None, None, None)
         video.stop()
+
+
+async def test_a_call_resync_never_overwrites_newer_live_call_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The roster pull re-reads calls while live call_state keeps arriving: a REST snapshot
+    taken before a live update must not put the call back where the snapshot saw it."""
+    async with start_server(ServerSettings(host="127.0.0.1", port=0)) as relay:
+        cfg = {"room": "r", "server_url": relay.ws_url}
+        async with (
+            Participant(ParticipantConfig(name="a", **cfg)) as a,  # type: ignore[arg-type]
+            Participant(ParticipantConfig(name="b", **cfg)) as b,  # type: ignore[arg-type]
+        ):
+            await _until(lambda: list(a.peers) == [b.peer_id])
+            call = await a.start_call([b.peer_id])
+            await _until(lambda: call.call_id in b.calls)
+            read_json = Participant._read_json
+
+            async def stale(session: aiohttp.ClientSession, url: str, key: str) -> object:
+                snapshot = await read_json(session, url, key)  # the call still ringing
+                await b.calls[call.call_id].accept()
+                await _until(lambda: call.status is CallStatus.ACTIVE)  # live, at a
+                return snapshot
+
+            monkeypatch.setattr(Participant, "_read_json", staticmethod(stale))
+            await a._resync_calls()
+            assert call.status is CallStatus.ACTIVE
+            assert sorted(call.info.participants) == sorted([a.peer_id, b.peer_id])
