@@ -83,6 +83,9 @@ EXIT_ERROR = 1
 EXIT_SIGNALLED = 128 + signal.SIGTERM
 #: How long a call command that lost the relay waits for it before trying again.
 RELAY_BACK_S = 30.0
+#: How often a call command is sent in all before its ConnectError is the bot's error.
+RELAY_COMMAND_TRIES = 4
+RELAY_SLOW_PAUSE_S = 1.0
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 LOG_FORMATS = ["text", "json"]
@@ -752,13 +755,16 @@ async def _relay_command(
 ) -> None:
     """Send a call command. If the relay connection drops under it, wait until the participant
     is back (its calls resynced) and send it again while ``needed()`` says the relay has not
-    applied it: the first one may have got through before the drop."""
-    while True:
+    applied it: the first one may have got through before the drop. Gives up (re-raising)
+    after RELAY_COMMAND_TRIES, so a relay that keeps failing it cannot hold the bot for ever."""
+    for attempt in range(1, RELAY_COMMAND_TRIES + 1):
         failed_at = time.monotonic()
         try:
             await command()
             return
         except ConnectError as exc:
+            if attempt == RELAY_COMMAND_TRIES:
+                raise
             logger.warning("call command not sent (%s); again once the relay is back", exc)
         await _relay_back(me, failed_at)
         if not needed():
@@ -767,7 +773,12 @@ async def _relay_command(
 
 async def _relay_back(me: Participant, since: float) -> None:
     """Wait (up to RELAY_BACK_S) until ``me`` has reconnected to the relay after ``since``
-    (``time.monotonic()``); ``ConnectError`` if it has given up."""
+    (``time.monotonic()``); ``ConnectError`` if it has given up. Still connected a moment
+    later (the relay was only slow to reply, the socket is fine): at once."""
+    if me.connection.connected:
+        await asyncio.sleep(RELAY_SLOW_PAUSE_S)  # time for a dropped socket to be noticed
+        if me.connection.connected:
+            return
     with contextlib.suppress(TimeoutError):
         async with (
             asyncio.timeout(RELAY_BACK_S),

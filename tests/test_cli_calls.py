@@ -17,7 +17,7 @@ import pytest
 
 import cli
 from media import fit, grid, read_stamp
-from peer import Backoff, Mode, Participant, ParticipantConfig
+from peer import Backoff, ConnectError, Mode, Participant, ParticipantConfig
 from signaling_server import ServerSettings, start_server
 from signaling_server.protocol import CallStatus
 
@@ -310,3 +310,34 @@ async def test_a_call_command_the_relay_lost_is_sent_again_once_it_is_back(
             assert info.status is CallStatus.ACTIVE  # boss is alone in it now, as after any leave
     finally:
         await relay.__aexit__(None, None, None)
+
+
+async def test_a_call_command_the_relay_was_slow_to_answer_is_retried_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reply timeout while the socket is fine is no reason to wait for a reconnection that
+    never comes: the command goes again at once; a relay that keeps failing it is an error."""
+    monkeypatch.setattr(cli, "RELAY_BACK_S", 3600.0)  # a wait for reconnection would hang here
+    async with start_server(ServerSettings(host="127.0.0.1", port=0)) as relay:
+        config = ParticipantConfig(room="r", server_url=relay.ws_url, name="desk")
+        async with Participant(config) as desk:
+            tries: list[int] = []
+
+            async def slow_then_fine() -> None:
+                tries.append(1)
+                if len(tries) < 3:
+                    raise ConnectError("no reply from the relay within 10 s")
+
+            async with asyncio.timeout(60):
+                await cli._relay_command(desk, slow_then_fine, lambda: True)  # type: ignore[arg-type]
+            assert len(tries) == 3
+
+            async def always_slow() -> None:
+                tries.append(1)
+                raise ConnectError("no reply from the relay within 10 s")
+
+            tries.clear()
+            with pytest.raises(ConnectError, match="no reply"):
+                async with asyncio.timeout(60):
+                    await cli._relay_command(desk, always_slow, lambda: True)  # type: ignore[arg-type]
+            assert len(tries) == cli.RELAY_COMMAND_TRIES
