@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -1044,7 +1045,8 @@ class PatternArg:
 
 def _pattern(text: str) -> PatternArg:
     """How the recorded PatternVideoTrack was built. The FPS is the pattern's own: its motion
-    depends on it, and a recorder may write another rate (``record --split --fps N``)."""
+    depends on it, and a recorder may declare another rate (``Recorder(fps=30)`` of a 15 fps
+    pattern)."""
     parts = text.split(",")
     if len(parts) > 4:
         raise argparse.ArgumentTypeError(f"{text!r} has more fields than WxH,LABEL,SEED,FPS")
@@ -1726,8 +1728,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 # _run left the signals ignored. The program's own process (argv from the
                 # command line) just exits; a caller of main([...]) gets its handlers back.
+                main_thread = threading.current_thread() is threading.main_thread()
                 for sig, handler in saved.items():
-                    if argv is not None and handler is not None:
+                    if argv is not None and handler is not None and main_thread:
                         signal.signal(sig, handler)
         else:
             code = args.func(args)

@@ -11,12 +11,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import av
 import pytest
 
+import cli
 from media import fit, grid, read_stamp
 
 from .netutil import own_udp_sockets
@@ -372,3 +374,24 @@ def test_bench_resilience_prints_recovery_times_as_json() -> None:
     for pct in (0, 1, 5, 10):
         assert result[f"fps_loss_{pct}"] > 0
     assert result["loss_burst_recovery_s"] > 0 and result["relay_restart_recovery_s"] > 0
+
+
+def test_main_called_from_a_worker_thread_returns_its_exit_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An embedding program may run ``cli.main([...])`` off the main thread, where signal
+    handlers cannot be set or restored: the command's error is still one line and a code."""
+    results: list[object] = []
+
+    def run_probe() -> None:
+        try:
+            argv = ["probe", "r", "--server", f"ws://127.0.0.1:{free_port()}/ws", "--duration", "1"]
+            results.append(cli.main(argv))
+        except BaseException as exc:  # the failure under test
+            results.append(exc)
+
+    worker = threading.Thread(target=run_probe)
+    worker.start()
+    worker.join(60)
+    assert results == [1], results
+    assert "callbot: error: cannot reach the relay" in capsys.readouterr().err
