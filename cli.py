@@ -798,10 +798,8 @@ async def _hang_up_when_over(me: Participant, call: Call) -> CallInfo:
     It cannot wait for ever: a call the relay forgot in a restart ends locally
     (``relay_restart``), and a relay lost for good raises ``CallbotError``.
     """
-    while True:
-        info = await call.wait_alone_or_ended()
-        if info.status is CallStatus.ENDED:
-            break
+    info = await call.wait_alone_or_ended()
+    if info.status is not CallStatus.ENDED:
         if not call.joined:  # we lost our place in it (away too long); it goes on without us
             print(f"call {info.call_id} goes on without us", flush=True)
             return info
@@ -810,16 +808,16 @@ async def _hang_up_when_over(me: Participant, call: Call) -> CallInfo:
         except ServerError:
             if call.status is not CallStatus.ENDED:
                 raise
-            continue  # it ended just before our leave: the mirror has how
-        # We were the last one in it: the relay ends it right after our leave is applied
-        # (unless a target accepted just before: then it goes on).
-        info = await call.wait_until(
-            lambda i: i.status is CallStatus.ENDED or bool(i.participants), timeout_s=10
-        )
-        if info.status is not CallStatus.ENDED:
-            print(f"left call {info.call_id}; it goes on without us", flush=True)
-            return info
-        break
+            # it ended just before our leave: the mirror has how
+        else:
+            # We were the last one in it: the relay ends it right after our leave is applied
+            # (unless a target accepted just before: then it goes on).
+            info = await call.wait_until(
+                lambda i: i.status is CallStatus.ENDED or bool(i.participants), timeout_s=10
+            )
+            if info.status is not CallStatus.ENDED:
+                print(f"left call {info.call_id}; it goes on without us", flush=True)
+                return info
     info = call.info
     print(
         f"call {info.call_id} ended: {info.reason} after {info.duration_s or 0:.1f} s "

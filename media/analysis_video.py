@@ -558,7 +558,6 @@ class VideoAnalyzer:
         self._ssim = _MeanMin()
         self._frames = 0
         self._first_arrival: float | None = None
-        self._first_new: float | None = None
         self._last_new: float | None = None
         self._new_count = 0
         self._freezes: deque[tuple[float, float]] = deque(maxlen=_MAX_FREEZES)
@@ -685,8 +684,6 @@ class VideoAnalyzer:
         if last is not None and arrival_s - last > self._freeze_s:
             assert self._first_arrival is not None
             self._add_freeze(last - self._first_arrival, arrival_s - last)
-        if self._first_new is None:
-            self._first_new = arrival_s
         self._last_new = arrival_s
         self._new_count += 1
 
@@ -715,8 +712,8 @@ class VideoAnalyzer:
             longest_ms = max(longest_ms, (end_s - last) * 1000.0)
             frozen_ms += (end_s - last) * 1000.0
         span = 0.0
-        if self._new_count > 1 and last is not None and self._first_new is not None:
-            span = last - self._first_new
+        if self._new_count > 1 and last is not None and first is not None:
+            span = last - first  # the first frame is always a new one
         fps = (self._new_count - 1) / span if span > 0 else 0.0
         bins = self._seconds
         series: list[tuple[float, float]] = []

@@ -14,6 +14,7 @@ is closed or has lost the relay for good.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -111,16 +112,10 @@ class Call:
         if info.status is CallStatus.ENDED:
             return
         now = max(time.time(), info.answered_at or info.started_at)
-        ended = CallInfo(
-            call_id=info.call_id,
-            room=info.room,
+        ended = dataclasses.replace(
+            info,
             status=CallStatus.ENDED,
-            started_by=info.started_by,
             participants=list(dict.fromkeys([info.started_by, *info.participants])),
-            targets=list(info.targets),
-            declined_by=list(info.declined_by),
-            started_at=info.started_at,
-            answered_at=info.answered_at,
             ended_at=now,
             reason=reason,
             duration_s=0.0 if info.answered_at is None else now - info.answered_at,

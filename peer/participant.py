@@ -604,23 +604,28 @@ class Participant:
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 room = f"/rooms/{quote(self.config.room, safe='')}/calls"
-                items = await self._read_json(session, self._rest_url(room, "limit=100"), "calls")
+                page = 100  # the relay's largest
+                query = f"limit={page}"
+                items = await self._read_json(session, self._rest_url(room, query), "calls")
                 listed = set()
                 for item in items:
                     call_id = item.get("call_id") if isinstance(item, dict) else None
                     listed.add(call_id)
                     if not self._touched_since(str(call_id), since):
                         self._resync_item(item, me)
-                # Ours but not among the room's newest: ask for each on its own.
+                # Ours but not listed: with a short history the relay does not know it; with a
+                # full page it may just be older, so ask for it on its own.
                 for call in list(self._calls.values()):
                     if call.status is CallStatus.ENDED or call.call_id in listed:
                         continue
                     if self._touched_since(call.call_id, since):
                         continue  # the relay spoke of it meanwhile: it knows it
-                    path = f"/calls/{quote(call.call_id, safe='')}"
-                    found = await self._read_json(session, self._rest_url(path), "call")
-                    if self._touched_since(call.call_id, since):
-                        continue
+                    found = None
+                    if len(items) >= page:
+                        path = f"/calls/{quote(call.call_id, safe='')}"
+                        found = await self._read_json(session, self._rest_url(path), "call")
+                        if self._touched_since(call.call_id, since):
+                            continue
                     if found is None:
                         logger.warning("the relay no longer knows call %s: ended", call.call_id)
                         call._end_locally(EndReason.RELAY_RESTART)

@@ -17,7 +17,6 @@ import asyncio
 import base64
 import binascii
 import json
-import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +27,6 @@ from typing import Protocol, TypeVar
 from . import calls
 from .calls import Event
 from .protocol import CallEvent, CallInfo, EndReason
-
-log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
