@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -349,31 +348,6 @@ class ParticipantFactory:
 # ----------------------------------------------------------------------------- probes
 
 
-@functools.cache
-def _linked_probe() -> Callable[..., TrackProbe]:
-    """A :class:`TrackProbe` whose ``audio_summary()`` defaults to the flashes of the same
-    sender's video probe, so ``assert_audio(probe, max_av_offset_ms=...)`` measures the
-    offset. Defined on first use: ``media`` is a heavy import (see the module docstring)."""
-    from media.analysis import TrackProbe
-
-    class LinkedProbe(TrackProbe):
-        def __init__(
-            self,
-            track: MediaStreamTrack,
-            *,
-            flashes: Callable[[TrackProbe], Sequence[FrameRecord]],
-            **settings: Any,
-        ) -> None:
-            super().__init__(track, **settings)
-            self._flashes_of = flashes
-
-        def audio_summary(self, flashes: Sequence[FrameRecord] = ()) -> AudioSummary:
-            """As :meth:`TrackProbe.audio_summary`; no ``flashes``: the sibling video's."""
-            return super().audio_summary(flashes or self._flashes_of(self))
-
-    return LinkedProbe
-
-
 @dataclass(slots=True)
 class _Attached:
     probe: TrackProbe
@@ -420,9 +394,11 @@ class ProbeFactory:
             frequency = frequency or published.frequency
             beep_every_s = beep_every_s or published.beep_every_s
         label = label or f"{sender or 'track'} {track.kind}".strip()
-        probe = _linked_probe()(
+        from media.analysis import TrackProbe  # heavy: imported on first use
+
+        probe = TrackProbe(
             track,
-            flashes=self.flashes_for,
+            sync_flashes=lambda: self._video_flashes(sender),
             reference=reference if track.kind == "video" else None,
             freeze_ms=freeze_ms,
             frequency=frequency if track.kind == "audio" else None,
@@ -460,14 +436,17 @@ class ProbeFactory:
                 f"within {timeout_s:g} s"
             ) from None
 
-    def flashes_for(self, probe: TrackProbe) -> list[FrameRecord]:
-        """The flash records of the same sender's video as ``probe`` (an audio probe): its sync
-        marks, for the whole track (``records`` keeps only the latest few minutes)."""
-        sender = next((a.sender for a in self._attached if a.probe is probe), None)
+    def _video_flashes(self, sender: str) -> list[FrameRecord]:
         for attached in self._attached:
             if attached.sender == sender and attached.probe.kind == "video":
                 return attached.probe.flashes
         return []
+
+    def flashes_for(self, probe: TrackProbe) -> list[FrameRecord]:
+        """The flash records of the same sender's video as ``probe`` (an audio probe): its sync
+        marks, for the whole track (``records`` keeps only the latest few minutes)."""
+        sender = next((a.sender for a in self._attached if a.probe is probe), None)
+        return [] if sender is None else self._video_flashes(sender)
 
     def audio_summary(self, probe: TrackProbe) -> AudioSummary:
         """``probe.audio_summary`` with the same sender's video flashes (A/V offset, latency)."""

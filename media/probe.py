@@ -15,7 +15,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import av
 from aiortc import MediaStreamTrack
@@ -37,7 +37,9 @@ class TrackProbe:
     For video: ``reference`` enables PSNR/SSIM (``quality_every``, ``ssim_every``: see
     :class:`VideoAnalyzer`; by default SSIM runs on every 4th frame to stay well under a core
     for 16 streams, PSNR on every frame; ``max_records``: per-frame records kept, the latest).
-    For audio: ``frequency``, ``beep_every_s`` and ``beep_s`` as in :class:`AudioAnalyzer`.
+    For audio: ``frequency``, ``beep_every_s`` and ``beep_s`` as in :class:`AudioAnalyzer`;
+    ``sync_flashes`` (e.g. ``lambda: video_probe.flashes``) is where ``audio_summary()`` finds
+    the sender's flash frames when called without them, for latency and A/V offset.
     Memory stays bounded for a track of any length: for video about 2 MB (the latest records,
     the latency histogram) plus about 130 B per second for the 1-s series and flash records.
     """
@@ -57,11 +59,13 @@ class TrackProbe:
         keep_worst: int = 0,
         queue_size: int = 90,
         max_records: int = MAX_RECORDS,
+        sync_flashes: Callable[[], Sequence[FrameRecord]] | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.kind: str = track.kind
         self.label = label
+        self._sync_flashes = sync_flashes
         self._track = track
         self._video: VideoAnalyzer | None = None
         self._audio: AudioAnalyzer | None = None
@@ -237,10 +241,13 @@ class TrackProbe:
 
     def audio_summary(self, flashes: Sequence[FrameRecord] = ()) -> AudioSummary:
         """Audio results so far; ``flashes``: the video probe's :attr:`flashes` (for latency and
-        A/V offset; any records will do, only flash frames are used)."""
+        A/V offset; any records will do, only flash frames are used), by default those of
+        ``sync_flashes``."""
         if self._audio is None:
             raise ValueError(f"{self.kind} probe {self.label!r} has no audio summary")
         self._raise_error()
+        if not flashes and self._sync_flashes is not None:
+            flashes = self._sync_flashes()  # outside our lock: it takes the video probe's
         with self._lock:
             return self._audio.summary(flashes=flashes, analysis_dropped=self._dropped)
 

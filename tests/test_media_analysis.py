@@ -460,7 +460,9 @@ async def test_probe_on_local_tracks() -> None:
     audio = _GapCounter(tone)
     async with (
         TrackProbe(video, reference=PatternSpec.of(video), label="v", keep_worst=2) as vprobe,
-        TrackProbe(audio, beep_every_s=1.0, label="a") as aprobe,
+        TrackProbe(
+            audio, beep_every_s=1.0, label="a", sync_flashes=lambda: vprobe.flashes
+        ) as aprobe,
     ):
         await vprobe.wait_frames(70, timeout_s=20)
         await aprobe.wait_frames(120, timeout_s=20)
@@ -476,6 +478,7 @@ async def test_probe_on_local_tracks() -> None:
     assert len(vprobe.worst_frames()) == 2
     assert vprobe.flashes == [r for r in vprobe.records if r.flash and not r.duplicate]
     summary = aprobe.audio_summary(vprobe.flashes)
+    assert aprobe.audio_summary() == summary  # sync_flashes: the same pairs by default
     assert summary.present and summary.glitches <= audio.gaps, (summary.glitch_at, audio.gaps)
     assert len(summary.beeps) >= 1
     assert summary.av_pairs >= 1
