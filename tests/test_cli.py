@@ -38,8 +38,16 @@ def free_port() -> int:
 async def run(
     *args: str, timeout: float = 90, pids: list[int] | None = None
 ) -> tuple[int, str, str]:
+    """``callbot ARGS`` in the repository: (exit code, stdout, stderr)."""
+    return await run_process(*CALLBOT, *args, timeout=timeout, pids=pids)
+
+
+async def run_process(
+    *argv: str, timeout: float = 90, pids: list[int] | None = None
+) -> tuple[int, str, str]:
+    """Any command in the repository; killed if it outlives ``timeout`` (a hang guard)."""
     proc = await asyncio.create_subprocess_exec(
-        *CALLBOT, *args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        *argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     if pids is not None:
         pids.append(proc.pid)

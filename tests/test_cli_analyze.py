@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,24 +19,10 @@ from media import PatternVideoTrack, Recorder, ToneAudioTrack
 from peer import Participant, ParticipantConfig
 from signaling_server import RunningServer
 
-CALLBOT = [sys.executable, "-m", "cli"]
-ROOT = Path(__file__).resolve().parent.parent
+from .test_cli import CALLBOT
+from .test_cli import run_process as run
+
 pytestmark = pytest.mark.slow
-
-
-async def run(*args: str, timeout: float = 60) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def record_pattern(
