@@ -156,14 +156,7 @@ class PatternSpec:
 
     def track(self) -> PatternVideoTrack:
         """A fresh (unstarted) track with this spec: the renderer, reusable for many frames."""
-        return PatternVideoTrack(
-            width=self.width,
-            height=self.height,
-            fps=self.fps,
-            label=self.label,
-            seed=self.seed,
-            flash_every_s=self.flash_every_s,
-        )
+        return PatternVideoTrack(**asdict(self))  # the fields are its keyword arguments
 
     def is_flash(self, frame_number: int) -> bool:
         """Flash by media time ``frame_number / fps``: right for a track without a clock that
